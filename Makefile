@@ -1,0 +1,37 @@
+# The two quickstart commands: `make demo` and `make test`. Both build .venv when missing.
+# torch==2.13.0 is installed first: a CPU wheel of it lies on this machine's disk and pip
+# takes it; any other order pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pgps-installed
+
+.PHONY: demo test bench lint venv nnunet-venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check pgps_data pgps_train tests tools
+
+nnunet-venv:
+	bash tools/nnunet_venv.sh .venv-nnunet
+
+bench: $(STAMP) nnunet-venv
+	$(PY) tools/bench_read.py
+	$(PY) tools/bench_convert.py
+
+clean:
+	rm -rf $(VENV) .venv-nnunet .pytest_cache .ruff_cache

@@ -1,0 +1,310 @@
+"""`pgps-convert`: an MSD or nnU-Net v2 raw dataset into one pgps zarr v3 store.
+
+    pgps-convert RAW_DIR OUT.zarr [--spacing Z Y X] [--workers N] [--scheduler ADDRESS]
+                 [--codec default|none] [--overwrite]
+
+Two passes, one dask task per case each: the statistics pass (spacing, shapes, CT
+foreground intensities) runs over every training case before anything is written, then
+the conversion pass preprocesses and writes each case (crop → normalise → resample,
+nnU-Net's order) with its foreground indices. Bad cases are reported one line each and
+skipped; the others are converted and the exit status is non-zero. A rerun after a crash
+skips complete cases and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgps_data.errors import PGPSInputError
+from pgps_data.ingest.cases import convert_case, fingerprint_case
+from pgps_data.ingest.layouts import DatasetSpec, discover
+from pgps_data.ingest.parallel import run_per_case, worker_pool
+from pgps_data.ingest.preprocess import (
+    samples_per_case,
+    target_spacing,
+    use_mask_for_norm,
+)
+from pgps_data.layout import layout_attrs
+from pgps_data.store_write import case_is_complete, existing_attrs, finish_store, prepare_store
+
+
+def convert(
+    raw_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    codec: str = "default",
+    overwrite: bool = False,
+    quiet: bool = False,
+    log=print,  # noqa: ANN001
+) -> dict[str, Any]:
+    """Convert a raw dataset folder into the store ``out``; returns a summary dict.
+
+    The summary has ``converted``, ``skipped`` (already complete), ``errors`` (one line
+    each) and ``layout``. Raises PGPSInputError when the dataset as a whole is unusable.
+    """
+    raw_dir, out = Path(raw_dir).resolve(), Path(out)
+    if codec not in ("default", "none"):
+        raise PGPSInputError(f"--codec {codec}: unknown codec; use 'default' or 'none'")
+    spec = discover(raw_dir)
+    log(
+        f"Detected {spec.layout.upper()} layout in {raw_dir}: {len(spec.training)} training "
+        f"and {len(spec.test)} test cases, {len(spec.channel_names)} channel(s) "
+        f"{spec.modalities}, labels {spec.labels}"
+    )
+    errors: list[str] = list(spec.problems)
+    for line in spec.problems:
+        log(f"error: {line}")
+
+    fingerprint = _inputs_fingerprint(spec, spacing, codec)
+    previous = existing_attrs(out)
+    _refuse_foreign_target(out, previous, fingerprint, overwrite)
+    with worker_pool(workers, scheduler) as pool:
+        run = functools.partial(run_per_case, workers=workers, scheduler=scheduler,
+                                quiet=quiet, pool=pool)
+        if previous is not None and not overwrite and (
+            previous.get("inputs_fingerprint") == fingerprint
+        ):
+            plan = previous["plan"]
+            kept = set(previous["training_cases"])
+            good_training = [c for c in spec.training if c.case_id in kept]
+            stat_errors = list(previous.get("excluded_cases", []))
+            log(f"Continuing {out}: statistics from the first run are reused")
+        else:
+            good_training, plan, stat_errors = _statistics(spec, spacing, codec, run)
+            if not good_training:
+                for line in stat_errors:
+                    log(f"error: {line}")
+                raise PGPSInputError(f"{raw_dir}: no usable training case; nothing was written")
+            attrs = _store_attrs(spec, plan, fingerprint, [c.case_id for c in good_training])
+            prepare_store(out, {**attrs, "excluded_cases": stat_errors}, overwrite=overwrite)
+        errors += stat_errors
+        for line in stat_errors:
+            log(f"error: {line}")
+
+        cases = good_training + spec.test
+        todo = [c for c in cases if not case_is_complete(out, c.case_id, c.is_test)]
+        skipped = len(cases) - len(todo)
+        if skipped:
+            log(f"Skipping {skipped} complete case(s)")
+        results = run(convert_case, [(spec, c, out, plan) for c in todo],
+                      description="converting")
+    converted = 0
+    for res in results:
+        if "error" in res:
+            errors.append(res["error"])
+            log(f"error: {res['error']}")
+        else:
+            converted += 1
+    finish_store(out, {"foreground_fraction": _foreground_fraction(out)})
+    return {
+        "layout": spec.layout,
+        "converted": converted,
+        "skipped": skipped,
+        "errors": errors,
+        "store": str(out),
+    }
+
+
+def _refuse_foreign_target(out: Path, previous, fingerprint: str, overwrite: bool) -> None:  # noqa: ANN001
+    """Refuse before any work when OUT is not ours to continue (nothing is ever lost)."""
+    if not out.exists():
+        return
+    if previous is None:
+        if out.is_file() or any(out.iterdir()):
+            raise PGPSInputError(f"{out}: exists and is not a pgps store; choose another output path")
+    elif not overwrite and previous.get("inputs_fingerprint") != fingerprint:
+        raise PGPSInputError(
+            f"{out}: was converted from different inputs or options; rerun with --overwrite "
+            "to start over, or choose another output path"
+        )
+
+
+def _statistics(spec: DatasetSpec, spacing, codec: str, run):  # noqa: ANN001
+    """The statistics pass: target spacing and CT intensity statistics of the dataset."""
+    per_case = samples_per_case(max(1, len(spec.training)))
+    results = run(fingerprint_case, [(spec, c, per_case) for c in spec.training],
+                  description="statistics")
+    errors = [r["error"] for r in results if "error" in r]
+    ok = {r["case_id"]: r for r in results if "error" not in r}
+    good = [c for c in spec.training if c.case_id in ok]
+    stats: dict[str, Any] = {}
+    for ch, modality in enumerate(spec.modalities):
+        if modality.upper() == "CT":
+            stats[str(ch)] = stats_from_histograms([ok[c.case_id]["samples"][ch] for c in good])
+    if spacing is None and ok:
+        tgt = target_spacing(
+            [ok[c.case_id]["spacing"] for c in good],
+            shapes_after_crop=[ok[c.case_id]["shape"] for c in good],
+        )
+    else:
+        tgt = spacing
+    plan = {
+        "target_spacing": [float(s) for s in tgt] if tgt is not None else None,
+        "intensity_stats": stats,
+        "use_mask_for_norm": bool(
+            ok and use_mask_for_norm([ok[c.case_id]["crop_ratio"] for c in good])
+        ),
+        "codec": codec,
+    }
+    return good, plan, errors
+
+
+def stats_from_histograms(hists: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """:func:`~pgps_data.ingest.preprocess.compute_intensity_stats` of the concatenated
+    samples, computed from their (values, counts) histograms: the same mean, std, min, max
+    and linearly interpolated percentiles as numpy on the full sample (to float rounding)."""
+    hists = [(np.asarray(v, np.float64), np.asarray(n, np.int64)) for v, n in hists]
+    hists = [(v, n) for v, n in hists if n.sum() > 0]
+    if not hists:
+        raise PGPSInputError(
+            "dataset: no foreground voxels in any training case; CT normalisation needs "
+            "labelled foreground (check the labels)"
+        )
+    values, inverse = np.unique(np.concatenate([v for v, _ in hists]), return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=np.concatenate([n for _, n in hists]))
+    counts = np.rint(counts).astype(np.int64)
+    total = int(counts.sum())
+    cum = np.cumsum(counts)
+    mean = float(np.dot(values, counts) / total)
+    std = float(np.sqrt(np.dot((values - mean) ** 2, counts) / total))
+
+    def percentile(q: float) -> float:  # numpy's "linear" method, its _lerp included
+        pos = q / 100 * (total - 1)
+        lo = int(np.floor(pos))
+        t = pos - lo
+        a = values[np.searchsorted(cum, lo, side="right")]
+        b = values[np.searchsorted(cum, min(lo + 1, total - 1), side="right")]
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+    return {
+        "mean": mean, "std": std, "median": percentile(50.0),
+        "min": float(values[0]), "max": float(values[-1]),
+        "percentile_00_5": percentile(0.5), "percentile_99_5": percentile(99.5),
+    }
+
+
+def _store_attrs(spec: DatasetSpec, plan, fingerprint: str, training: list[str]) -> dict:  # noqa: ANN001
+    import numcodecs
+    import zarr
+
+    import pgps_data
+
+    return {
+        "dataset_name": spec.name,
+        "source_layout": spec.layout,
+        "labels": spec.labels,
+        "label_values": [v for v in spec.label_values if v != 0 and v != spec.ignore_label],
+        "ignore_label": spec.ignore_label,
+        "regions_class_order": getattr(spec, "regions_class_order", None),
+        "channel_names": spec.channel_names,
+        "modalities": spec.modalities,
+        "target_spacing": plan["target_spacing"],
+        "intensity_statistics": plan["intensity_stats"],
+        "layout": layout_attrs(plan["codec"]),
+        "plan": plan,
+        "training_cases": training,
+        "inputs_fingerprint": fingerprint,
+        "created_by": {
+            "pgps": getattr(pgps_data, "__version__", "0"),
+            "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def _inputs_fingerprint(spec: DatasetSpec, spacing, codec: str) -> str:  # noqa: ANN001
+    """Hash of dataset.json, every case file's name and size, and the options."""
+    h = hashlib.sha256()
+    root = Path(spec.root)
+    h.update((root / "dataset.json").read_bytes())
+    for case in sorted(spec.training + spec.test, key=lambda c: (c.is_test, c.case_id)):
+        for p in [*case.image_paths, case.label_path]:
+            if p is not None:
+                size = os.path.getsize(p) if os.path.exists(p) else -1
+                h.update(f"{Path(p).relative_to(root)}:{size};".encode())
+    h.update(json.dumps({"spacing": spacing, "codec": codec}).encode())
+    return h.hexdigest()[:32]
+
+
+def _foreground_fraction(out: Path) -> dict[str, float]:
+    from pgps_data.store import open_store
+
+    store = open_store(out)
+    totals: dict[str, int] = {}
+    voxels = 0
+    for case in store:
+        voxels += int(case.meta["voxels"])
+        for v, n in case.meta["label_counts"].items():
+            totals[v] = totals.get(v, 0) + int(n)
+    return {v: (n / voxels if voxels else 0.0) for v, n in sorted(totals.items())}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgps-convert",
+        description="Convert an MSD task folder or an nnU-Net v2 raw dataset into a pgps "
+        "zarr v3 store (preprocessed cases + foreground indices).",
+    )
+    p.add_argument("raw_dir", help="MSD task folder or nnU-Net v2 raw dataset folder")
+    p.add_argument("out", help="output store, e.g. Task.zarr")
+    p.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="target spacing in mm (default: the dataset's median spacing)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="worker processes on the local scheduler (default: cores, max 8)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a dask.distributed scheduler address (tcp://host:8786)")
+    p.add_argument("--codec", choices=["default", "none"], default="default",
+                   help="chunk compression: default (chosen by benchmark) or none")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing store at OUT and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        summary = convert(
+            args.raw_dir,
+            args.out,
+            spacing=tuple(args.spacing) if args.spacing else None,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            codec=args.codec,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    except PGPSInputError as exc:
+        print(f"pgps-convert: error: {exc}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    n_err = len(summary["errors"])
+    print(
+        f"{summary['converted']} case(s) converted, {summary['skipped']} already complete, "
+        f"{n_err} failed, in {dt:.1f} s → {summary['store']}"
+    )
+    if n_err:
+        print(f"pgps-convert: {n_err} case(s) failed:", file=sys.stderr)
+        for line in summary["errors"]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Run one task per case with dask, with a progress bar, locally or on a cluster.
+
+Locally dask's multiprocessing scheduler runs the tasks in spawned worker processes that
+die with the parent (so a killed conversion never leaves a writer behind that could race a
+rerun); one worker runs them in this process; a ``dask.distributed`` address sends them
+to a cluster whose workers see the same file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, scheduler: str | None = None) -> Iterator[Executor | None]:
+    """One pool of spawned, single-threaded workers for every pass of a conversion.
+
+    Spawning and importing costs a few seconds per worker, so the statistics pass and the
+    conversion pass share the pool. None when running in-process or on a cluster.
+    """
+    if scheduler or workers <= 1:
+        yield None
+        return
+    with _single_threaded_children(), ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+    ) as pool:
+        yield pool
+
+
+def run_per_case(
+    fn: Callable[..., dict[str, Any]],
+    items: Sequence[tuple],
+    *,
+    workers: int,
+    scheduler: str | None,
+    description: str,
+    quiet: bool = False,
+    pool: Executor | None = None,
+) -> list[dict[str, Any]]:
+    """``[fn(*item) for item in items]`` in parallel, one dask task per item, in order."""
+    if not items:
+        return []
+    if pool is None and not scheduler and workers > 1:
+        with worker_pool(workers) as own:
+            return run_per_case(fn, items, workers=workers, scheduler=None,
+                                description=description, quiet=quiet, pool=own)
+    with _progress(quiet) as progress:
+        bar = progress.add_task(description, total=len(items))
+        if scheduler:
+            return _run_distributed(fn, items, scheduler, progress, bar)
+        if pool is None:  # one worker: run in this process
+            results = []
+            for item in items:
+                results.append(fn(*item))
+                progress.advance(bar)
+            return results
+        tasks = [dask.delayed(fn, pure=False)(*item) for item in items]
+        with _Advance(lambda: progress.advance(bar)):
+            return list(
+                dask.compute(*tasks, scheduler="processes", num_workers=workers, pool=pool,
+                             chunksize=1)
+            )
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned workers start with one BLAS/OpenMP thread each (one task per core)."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (no orphan writers)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+class _Advance(Callback):
+    """dask callback: advance the bar once per finished case task."""
+
+    def __init__(self, advance: Callable[[], None]):
+        super().__init__()
+        self._advance_bar = advance
+
+    def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
+        self._advance_bar()
+
+
+def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:  # noqa: ANN001
+    from distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = [client.submit(fn, *item, pure=False) for item in items]
+        for _ in as_completed(futures):
+            progress.advance(bar)
+        return client.gather(futures)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=quiet,
+        transient=False,
+    )

@@ -1,0 +1,286 @@
+"""The pgps zarr v3 store: open it, list its cases, read crops fast.
+
+A store is a plain zarr v3 group (any zarr tool opens it)::
+
+    <name>.zarr/                 attrs: format, labels, ignore label, channels, spacing, ...
+      cases/<case_id>/image      (C, Z, Y, X) normalised intensities
+      cases/<case_id>/label      (Z, Y, X) uint8
+      cases/<case_id>/fg_<v>     (N, 3) int32 voxel coordinates of label value v
+      cases/<case_id>/annotated  (N, 3) int32 non-ignore voxels (only with an ignore label)
+      test/<case_id>/image       unlabelled cases (imagesTs): never listed as training cases
+
+A case is listed only once its ``complete`` attribute has been written, which the writer
+(:mod:`pgps_data.store_write`) does last. ``case.read`` is the loader's hot path: it reads
+the chunk bytes of local stores itself (:mod:`pgps_data.zarr_fastread`) and falls back to
+zarr-python for stores that path cannot read (remote ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pgps_data.errors import PGPSInputError
+from pgps_data.zarr_fastread import FastArray, read_box_zarr
+
+FORMAT_VERSION = 1
+TRAIN_GROUP = "cases"
+TEST_GROUP = "test"
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a pgps store read-only; one clear error line if it is missing or not a store."""
+    path = Path(path)
+    if not path.exists():
+        raise PGPSInputError(f"{path}: no such store (run pgps-convert RAW_DIR {path} first)")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        attrs = dict(root.attrs)
+    except Exception as exc:  # zarr raises many types for a folder that is not a store
+        raise PGPSInputError(
+            f"{path}: not a readable zarr v3 store ({type(exc).__name__}: {exc})"
+        ) from None
+    if attrs.get("format") != "pgps" or "format_version" not in attrs:
+        raise PGPSInputError(f"{path}: a zarr group but not a pgps store (made by pgps-convert?)")
+    if attrs["format_version"] > FORMAT_VERSION:
+        raise PGPSInputError(
+            f"{path}: store format {attrs['format_version']} is newer than this pgps "
+            f"({FORMAT_VERSION}); upgrade pgps"
+        )
+    return Store(path, root, attrs)
+
+
+class Store:
+    """An opened store: dataset metadata and its complete cases.
+
+    ``case_ids`` are the complete training cases, sorted; ``test_ids`` the unlabelled
+    (imagesTs) cases, kept apart so they can never enter training.
+    """
+
+    def __init__(self, path: Path, root: zarr.Group, attrs: dict[str, Any]):
+        self.path = path
+        self.root = root
+        self.meta: dict[str, Any] = attrs
+        self.case_ids: list[str] = _complete_cases(path, root, TRAIN_GROUP)
+        self.test_ids: list[str] = _complete_cases(path, root, TEST_GROUP)
+        self._cases: dict[str, Case] = {}
+
+    def __getitem__(self, case_id: str) -> Case:
+        case = self._cases.get(case_id)
+        if case is None:
+            if case_id in self.case_ids:
+                group = TRAIN_GROUP
+            elif case_id in self.test_ids:
+                group = TEST_GROUP
+            else:
+                raise KeyError(f"{self.path}: no complete case {case_id!r}")
+            case = Case(case_id, self.root[f"{group}/{case_id}"], group == TEST_GROUP)
+            self._cases[case_id] = case
+        return case
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __iter__(self) -> Iterator[Case]:
+        return (self[c] for c in self.case_ids)
+
+    @property
+    def labels(self) -> dict[str, int | list[int]]:
+        """Label names to a value, or to a list of values for a region."""
+        return dict(self.meta["labels"])
+
+    @property
+    def label_values(self) -> list[int]:
+        """Every foreground value a label file may hold (not background, not ignore)."""
+        return [int(v) for v in self.meta["label_values"]]
+
+    @property
+    def ignore_label(self) -> int | None:
+        return self.meta.get("ignore_label")
+
+    @property
+    def channels(self) -> int:
+        return len(self.meta["channel_names"])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(self.meta["target_spacing"])  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, cases={len(self.case_ids)}, test={len(self.test_ids)})"
+
+
+class Case:
+    """One preprocessed case: arrays, metadata, foreground indices and the crop read."""
+
+    def __init__(self, case_id: str, group: zarr.Group, is_test: bool = False):
+        self.id = case_id
+        self.group = group
+        self.is_test = is_test
+        self.meta: dict[str, Any] = dict(group.attrs)
+        self.image: zarr.Array = group["image"]  # type: ignore[assignment]
+        self.label: zarr.Array | None = None if is_test else group["label"]  # type: ignore
+        self.shape: tuple[int, int, int] = tuple(self.image.shape[1:])  # type: ignore
+        self.channels: int = int(self.image.shape[0])
+        self._fast_image: FastArray | None | bool = False  # False = not tried yet
+        self._fast_label: FastArray | None | bool = False
+        self._fg: dict[str, np.ndarray] = {}
+
+    # -- crops --------------------------------------------------------------------------
+    def read(
+        self,
+        origin: Sequence[int],
+        shape: Sequence[int],
+        *,
+        out_image: np.ndarray | None = None,
+        out_label: np.ndarray | None = None,
+        label_pad: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image (C, *shape) float32 and label (*shape) uint8 of the box at ``origin``.
+
+        The box may cross or lie outside the volume: outside, the image is 0 and the label
+        ``label_pad`` (background unless told). ``out_*`` let the caller decode straight
+        into preallocated (e.g. shared) memory. Unlabelled cases return label None.
+        """
+        origin = tuple(int(o) for o in origin)
+        shape = tuple(int(s) for s in shape)
+        fast = self._fast("image")
+        if fast is not None:
+            image = fast.read(origin, shape, out=out_image, pad_value=0, dtype=np.float32)
+        else:
+            image = _into(read_box_zarr(self.image, origin, shape, 0), out_image, np.float32)
+        if self.label is None:
+            return image, None
+        fast = self._fast("label")
+        if fast is not None:
+            label = fast.read(origin, shape, out=out_label, pad_value=label_pad)
+        else:
+            label = _into(read_box_zarr(self.label, origin, shape, label_pad), out_label, None)
+        return image, label
+
+    def read_many(
+        self,
+        origins: Sequence[Sequence[int]],
+        shape: Sequence[int],
+        *,
+        out_image: np.ndarray | None = None,
+        out_label: np.ndarray | None = None,
+        label_pad: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Many boxes of one size from this case: (n, C, *shape) and (n, *shape).
+
+        Each chunk the boxes touch is decoded once, which is what makes the performance
+        mode's many small crops per case cheap.
+        """
+        shape = tuple(int(s) for s in shape)
+        origins = [tuple(int(o) for o in org) for org in origins]
+        fast = self._fast("image")
+        if fast is not None:
+            image = fast.read_many(origins, shape, out=out_image, pad_value=0, dtype=np.float32)
+        else:
+            image = _into(
+                np.stack([read_box_zarr(self.image, o, shape, 0) for o in origins]),
+                out_image, np.float32,
+            )
+        if self.label is None:
+            return image, None
+        fast = self._fast("label")
+        if fast is not None:
+            label = fast.read_many(origins, shape, out=out_label, pad_value=label_pad)
+        else:
+            label = _into(
+                np.stack([read_box_zarr(self.label, o, shape, label_pad) for o in origins]),
+                out_label, None,
+            )
+        return image, label
+
+    @property
+    def uses_fast_path(self) -> bool:
+        """True when crops of this case are read by the fast path, not zarr-python."""
+        return self._fast("image") is not None and (
+            self.label is None or self._fast("label") is not None
+        )
+
+    def _fast(self, which: str) -> FastArray | None:
+        attr = f"_fast_{which}"
+        fast = getattr(self, attr)
+        if fast is False:
+            arr = self.image if which == "image" else self.label
+            fast = FastArray.open(arr) if os.environ.get("PGPS_NO_FAST_READ") != "1" else None
+            setattr(self, attr, fast)
+        return fast  # type: ignore[return-value]
+
+    # -- foreground indices --------------------------------------------------------------
+    def foreground(self, value: int) -> np.ndarray:
+        """(N, 3) int voxel coordinates of label ``value`` (nnU-Net's sampled subset).
+
+        A value absent from the case gives an empty (0, 3) array.
+        """
+        return self._index(f"fg_{int(value)}")
+
+    def annotated(self) -> np.ndarray:
+        """(N, 3) coordinates of annotated (non-ignore) voxels; only with an ignore label."""
+        if "annotated" not in self.meta.get("index_arrays", []):
+            raise KeyError(f"case {self.id}: the store has no ignore label, so no annotated()")
+        return self._index("annotated")
+
+    def labels_present(self) -> list[int]:
+        """Label values with at least one voxel in this case."""
+        counts = self.meta.get("label_counts", {})
+        return sorted(int(v) for v, n in counts.items() if n > 0)
+
+    def _index(self, name: str) -> np.ndarray:
+        arr = self._fg.get(name)
+        if arr is None:
+            if name in self.meta.get("index_arrays", []):
+                arr = np.asarray(self.group[name][...], dtype=np.int64)
+            else:
+                arr = np.zeros((0, 3), np.int64)
+            self._fg[name] = arr
+        return arr
+
+    def __repr__(self) -> str:
+        return f"Case({self.id!r}, channels={self.channels}, shape={self.shape})"
+
+
+def _into(arr: np.ndarray, out: np.ndarray | None, dtype: Any) -> np.ndarray:
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    if out is None:
+        return np.ascontiguousarray(arr)
+    out[...] = arr
+    return out
+
+
+def _complete_cases(path: Path, root: zarr.Group, group: str) -> list[str]:
+    """Sorted ids of the cases of ``group`` whose ``complete`` attribute is set.
+
+    Local stores are listed through the file system (one small JSON read per case);
+    anything unreadable counts as incomplete, never as an error.
+    """
+    folder = path / group
+    if folder.is_dir():
+        ids = []
+        for name in os.listdir(folder):
+            meta = folder / name / "zarr.json"
+            try:
+                with open(meta, "rb") as fh:
+                    doc = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            if doc.get("attributes", {}).get("complete") is True:
+                ids.append(name)
+        return sorted(ids)
+    try:
+        sub = root[group]
+    except KeyError:
+        return []
+    return sorted(
+        name for name, child in sub.groups() if dict(child.attrs).get("complete") is True
+    )

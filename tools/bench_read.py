@@ -1,0 +1,270 @@
+"""Crop-read benchmark: the fast path and zarr-python against a memory-mapped .npy.
+
+    python tools/bench_read.py [--size Z Y X] [--quick] [--json]
+                               [--chunk Z Y X] [--shard Z Y X | --no-shard]
+                               [--compressor lz4|zstd|blosclz|none] [--clevel N]
+                               [--shuffle shuffle|noshuffle|bitshuffle] [--dtype float32|float16]
+
+Builds one CT-like volume (about half constant air, smooth organs, bone, noise, z-scored
+the way nnU-Net normalises CT), writes it as zarr v3 with the default layout's codec and
+with codec "none" (or with the layout given on the command line), and as a plain .npy.
+Then, with a warm page cache, one process, side by side in one run:
+
+- single random boxes (fully inside, median of many) for 32³, 64³, 96³, 128³, 80×192×160;
+- groups of 64 boxes from the volume, clustered (like foreground-forced crops around one
+  structure) and spread uniformly, for 32³ and 64³, each path writing into one
+  preallocated (64, C, ...) array as the loader writes into its shared-memory ring
+  (``np.copyto(out[i], mm[box])`` for the .npy; ``read_many(..., out=out)`` for ours).
+
+Ratio = time of copying the same boxes out of the memory-mapped .npy (``np.array(mm[box])``)
+÷ time of the path (1.0 = the memory-copy limit). Amplification = bytes decoded or copied
+from mapped chunks ÷ bytes delivered. ``--quick`` runs a tiny volume in seconds (CI smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pgps_data.layout import LAYOUTS, Layout, write_array  # noqa: E402
+from pgps_data.zarr_fastread import STATS, FastArray  # noqa: E402
+
+SIZES = [(32, 32, 32), (64, 64, 64), (96, 96, 96), (128, 128, 128), (80, 192, 160)]
+GROUP_SIZES = [(32, 32, 32), (64, 64, 64)]
+
+
+def ct_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A z-scored CT-like (1, Z, Y, X) float32 volume, ~50 % constant (clipped) air."""
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
+    body = (y[None, :, None] / 0.8) ** 2 + (x[None, None, :] / 0.95) ** 2 < 1 - 0.1 * z[
+        :, None, None
+    ] ** 2
+    coarse = rng.normal(0, 1, [max(2, n // 16) for n in shape]).astype(np.float32)
+    smooth = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=1)[
+        : shape[0], : shape[1], : shape[2]
+    ]
+    hu = np.where(body, 40 + 60 * smooth, -1000).astype(np.float32)
+    hu[body & (smooth > 1.4)] = 700  # bone
+    hu[body & (smooth < -1.6)] = -800  # lung
+    hu += np.round(rng.normal(0, 15, shape)).astype(np.float32) * body
+    lo, hi = -200.0, 800.0  # "foreground percentiles": air clips to one constant
+    hu = np.clip(hu, lo, hi)
+    fg = hu[body]
+    return ((hu - fg.mean()) / fg.std()).astype(np.float32)[None]
+
+
+_CLOCK = time.thread_time
+
+
+def _ms(fn, *args, **kwargs) -> float:
+    """Milliseconds of one call (CPU time by default: robust to other processes' load)."""
+    t = _CLOCK()
+    fn(*args, **kwargs)
+    return (_CLOCK() - t) * 1e3
+
+
+def _copy_npy(mm: np.ndarray, slices: list, out: np.ndarray | None = None) -> None:
+    for i, s in enumerate(slices):
+        if out is None:
+            np.array(mm[s])
+        else:
+            np.copyto(out[i], mm[s])
+
+
+def _read_zarr(arr: zarr.Array, slices: list, out: np.ndarray | None = None) -> None:
+    for i, s in enumerate(slices):
+        if out is None:
+            arr[s]
+        else:
+            out[i] = arr[s]
+
+
+def _read_each(fast: FastArray, origins: np.ndarray, box: tuple, out: np.ndarray) -> None:
+    for i, o in enumerate(origins):
+        fast.read(o, box, out=out[i])
+
+
+def _touched() -> int:
+    return STATS["bytes_decoded"] + STATS["bytes_mapped"]
+
+
+def _origins(rng, vol: tuple, box: tuple, n: int, clustered: bool) -> np.ndarray:
+    hi = np.maximum(np.array(vol) - np.array(box), 0)
+    if not clustered:
+        return (rng.random((n, 3)) * (hi + 1)).astype(np.int64)
+    centre = rng.random(3) * (hi + 1)
+    jitter = rng.uniform(-1, 1, (n, 3)) * np.array(box) * 0.75
+    return np.clip(centre + jitter, 0, hi).astype(np.int64)
+
+
+def bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng) -> list[dict]:
+    """All rows for one zarr array against the .npy memmap ``mm`` (1, Z, Y, X)."""
+    fast = FastArray.open(arr)
+    assert fast is not None, "fast path refused the benchmark array"
+    vol = arr.shape[1:]
+    rows = []
+    fast.read((0, 0, 0), vol)  # warm: page cache, indices, maps
+    for box in sizes:
+        if any(b > v for b, v in zip(box, vol)):
+            continue
+        orgs = _origins(rng, vol, box, n_single, clustered=False)
+        t_npy, t_fast, t_zarr, amp = [], [], [], []
+        delivered = 4 * np.prod(box) * arr.shape[0]
+        for i, o in enumerate(orgs):
+            sl = [(slice(None), *(slice(a, a + b) for a, b in zip(o, box)))]
+            t_npy.append(_ms(_copy_npy, mm, sl))
+            before = _touched()
+            t_fast.append(_ms(fast.read, o, box, dtype=np.float32))
+            amp.append((_touched() - before) / delivered)
+            if i < n_zarr:
+                t_zarr.append(_ms(_read_zarr, arr, sl))
+        rows.append(
+            _row(
+                name,
+                "single",
+                box,
+                np.median(t_npy),
+                np.median(t_fast),
+                np.median(amp),
+                np.median(t_zarr),
+            )
+        )
+    for box in gsizes:
+        if any(b > v for b, v in zip(box, vol)):
+            continue
+        out = np.ones((64, arr.shape[0], *box), np.float32)  # like the loader's shared ring
+        for mode in ("clustered", "spread"):
+            t_npy, t_fast, t_loop, t_zarr, amp = [], [], [], [], []
+            for g in range(n_groups):
+                orgs = _origins(rng, vol, box, 64, clustered=mode == "clustered")
+                sls = [(slice(None), *(slice(a, a + b) for a, b in zip(o, box))) for o in orgs]
+                t_npy.append(_ms(_copy_npy, mm, sls, out))
+                before = _touched()
+                t_fast.append(_ms(fast.read_many, orgs, box, out=out))
+                amp.append((_touched() - before) / out.nbytes)
+                t_loop.append(_ms(_read_each, fast, orgs, box, out))
+                if g < max(1, n_zarr // 20):
+                    t_zarr.append(_ms(_read_zarr, arr, sls, out))
+            row = _row(
+                name,
+                f"64x {mode}",
+                box,
+                np.median(t_npy),
+                np.median(t_fast),
+                np.median(amp),
+                np.median(t_zarr),
+            )
+            row["fast_loop_ms"] = round(float(np.median(t_loop)), 3)
+            rows.append(row)
+    return rows
+
+
+def _row(layout, case, box, npy, fast, amp, zarr_ms) -> dict:
+    return {
+        "layout": layout,
+        "case": case,
+        "box": "x".join(map(str, box)),
+        "npy_ms": round(float(npy), 3),
+        "fast_ms": round(float(fast), 3),
+        "ratio": round(float(npy / fast), 3),
+        "amplification": round(float(amp), 2),
+        "zarr_ms": round(float(zarr_ms), 3),
+        "zarr_ratio": round(float(npy / zarr_ms), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", nargs=3, type=int, metavar=("Z", "Y", "X"))
+    p.add_argument("--quick", action="store_true", help="tiny volume, few repeats (CI smoke)")
+    p.add_argument("--json", action="store_true", help="print rows as JSON")
+    p.add_argument("--chunk", nargs=3, type=int)
+    p.add_argument("--shard", nargs=3, type=int)
+    p.add_argument("--no-shard", action="store_true")
+    p.add_argument("--compressor", choices=["lz4", "zstd", "blosclz", "none"])
+    p.add_argument("--clevel", type=int)
+    p.add_argument("--shuffle", choices=["shuffle", "noshuffle", "bitshuffle"])
+    p.add_argument("--dtype", choices=["float32", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: this thread's CPU time (default, robust on a shared machine)",
+    )
+    a = p.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.thread_time if a.clock == "cpu" else time.perf_counter
+    size = tuple(a.size or ((48, 96, 96) if a.quick else (160, 320, 320)))
+    n_single, n_groups, n_zarr = (
+        (20, 2, 5) if a.quick else (int(os.environ.get("BENCH_N", 150)), 12, 40)
+    )
+    sizes = SIZES[:2] if a.quick else SIZES
+    gsizes = GROUP_SIZES[:1] if a.quick else GROUP_SIZES
+    custom = (
+        any(v is not None for v in (a.chunk, a.shard, a.compressor, a.clevel, a.dtype, a.shuffle))
+        or a.no_shard
+    )
+    layouts = dict(LAYOUTS)
+    if custom:
+        base = LAYOUTS["default"]
+        layouts = {
+            "custom": Layout(
+                chunk=tuple(a.chunk or base.chunk),
+                shard=None if a.no_shard else tuple(a.shard or base.shard),
+                compressor=a.compressor or base.compressor,
+                clevel=a.clevel if a.clevel is not None else base.clevel,
+                shuffle=a.shuffle or base.shuffle,
+                image_dtype=a.dtype or base.image_dtype,
+            )
+        }
+    vol = ct_volume(size, a.seed)
+    rng = np.random.default_rng(a.seed + 1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_read_") as tmp:
+        np.save(Path(tmp) / "vol.npy", vol)
+        mm = np.load(Path(tmp) / "vol.npy", mmap_mode="r")
+        np.array(mm)  # warm the page cache
+        group = zarr.open_group(Path(tmp) / "b.zarr", mode="w")
+        for name, lay in layouts.items():
+            arr = write_array(group, name, vol, kind="image", layout=lay)
+            disk = sum(
+                f.stat().st_size for f in (Path(tmp) / "b.zarr" / name).rglob("*") if f.is_file()
+            )
+            print(
+                f"# layout {name}: {lay} on disk {disk / 1e6:.1f} MB "
+                f"(raw {vol.nbytes / 1e6:.1f} MB)",
+                file=sys.stderr,
+            )
+            rows += bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng)
+    if a.json:
+        print(json.dumps({"volume": list(size), "rows": rows}, indent=1))
+        return 0
+    print(
+        f"volume (1, {size[0]}, {size[1]}, {size[2]}) float32, warm cache, one process, "
+        f"{a.clock} clock"
+    )
+    hdr = f"{'layout':8} {'case':14} {'box':>11} {'npy ms':>8} {'fast ms':>8} {'ratio':>6} {'amp':>5} {'zarr ms':>8} {'zarr r':>7}"
+    print(hdr)
+    for r in rows:
+        extra = f"  (64 separate fast reads {r['fast_loop_ms']} ms)" if "fast_loop_ms" in r else ""
+        print(
+            f"{r['layout']:8} {r['case']:14} {r['box']:>11} {r['npy_ms']:8.3f} {r['fast_ms']:8.3f} "
+            f"{r['ratio']:6.3f} {r['amplification']:5.2f} {r['zarr_ms']:8.2f} {r['zarr_ratio']:7.3f}{extra}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
