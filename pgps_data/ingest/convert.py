@@ -204,6 +204,7 @@ def _store_attrs(spec: DatasetSpec, plan, fingerprint: str, training: list[str])
 
     return {
         "dataset_name": spec.name,
+        "source_root": str(spec.root),
         "source_layout": spec.layout,
         "labels": spec.labels,
         "label_values": [v for v in spec.label_values if v != 0 and v != spec.ignore_label],

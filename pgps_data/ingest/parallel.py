@@ -16,11 +16,14 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import dask
 from dask.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pgps_data.errors import PGPSInputError
 
 
 @contextlib.contextmanager
@@ -67,11 +70,17 @@ def run_per_case(
                 progress.advance(bar)
             return results
         tasks = [dask.delayed(fn, pure=False)(*item) for item in items]
-        with _Advance(lambda: progress.advance(bar)):
-            return list(
-                dask.compute(*tasks, scheduler="processes", num_workers=workers, pool=pool,
-                             chunksize=1)
-            )
+        try:
+            with _Advance(lambda: progress.advance(bar)):
+                return list(
+                    dask.compute(*tasks, scheduler="processes", num_workers=workers,
+                                 pool=pool, chunksize=1)
+                )
+        except BrokenProcessPool:
+            raise PGPSInputError(
+                f"{description}: a worker process died abruptly (out of memory?); rerun the "
+                "same command to continue (complete cases are kept), with fewer --workers"
+            ) from None
 
 
 @contextlib.contextmanager

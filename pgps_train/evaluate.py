@@ -1,0 +1,255 @@
+"""Per-label Dice of predicted label maps against reference labels (nnU-Net's rules).
+
+Scores are MONAI's Dice (:func:`monai.metrics.compute_dice`) on one binary channel per
+label: a plain label is the voxels of its value, a region (a label whose value is a
+list) the union of its values. Background (value 0) and the ``ignore`` label are not
+scored; voxels where the *reference* holds the ignore label are excluded from both
+prediction and reference. Dice is None (JSON null) when prediction and reference are both
+empty for a label — nnU-Net reports NaN there — and 0.0 when only one of them is. Means
+over cases skip None; ``foreground_mean`` is the mean of the per-label means (nnU-Net's
+definition).
+
+``pgps-evaluate PRED_DIR LABEL_DIR`` takes the labels from ``--labels`` (a dataset.json
+in MSD or nnU-Net form) or else from ``PRED_DIR/labels.json`` (written by pgps-predict),
+prints a table and writes JSON (``--json``, default ``PRED_DIR/summary.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgps_data.errors import PGPSInputError
+from pgps_data.ingest.cases import AFFINE_TOLERANCE
+from pgps_data.ingest.readers import file_ending, read_volume
+
+PROG = "pgps-evaluate"
+Labels = Mapping[str, int | list[int]]
+
+
+def dice_scores(
+    pred: np.ndarray, ref: np.ndarray, labels: Labels, ignore_label: int | None = None
+) -> dict[str, float | None]:
+    """Dice per scored label of two (Z, Y, X) label maps: {name: Dice or None}.
+
+    ``labels`` maps names to a value or a list of values (a region: Dice of the union).
+    ``ignore_label`` defaults to ``labels["ignore"]`` when present.
+    """
+    import torch
+    from monai.metrics import compute_dice
+
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if ignore_label is None and isinstance(labels.get("ignore"), int):
+        ignore_label = int(labels["ignore"])
+    scored = scored_labels(labels)
+    if not scored:
+        return {}
+    keep = None if ignore_label is None else ref != ignore_label
+    p_masks, r_masks = [], []
+    for values in scored.values():
+        p, r = np.isin(pred, values), np.isin(ref, values)
+        if keep is not None:
+            p &= keep
+            r &= keep
+        p_masks.append(p)
+        r_masks.append(r)
+    y_pred = torch.from_numpy(np.stack(p_masks)[None])
+    y = torch.from_numpy(np.stack(r_masks)[None])
+    # ignore_empty=False: empty reference → 1 if the prediction is empty too, else 0
+    scores = compute_dice(y_pred, y, include_background=True, ignore_empty=False)[0]
+    out: dict[str, float | None] = {}
+    for i, name in enumerate(scored):
+        both_empty = not p_masks[i].any() and not r_masks[i].any()
+        out[name] = None if both_empty else float(scores[i])
+    return out
+
+
+def scored_labels(labels: Labels) -> dict[str, list[int]]:
+    """The labels that are scored, as value lists: all but background (0) and ``ignore``."""
+    out = {}
+    for name, value in labels.items():
+        values = sorted({int(v) for v in (value if isinstance(value, list | tuple) else [value])})
+        if name != "ignore" and values != [0]:
+            out[str(name)] = values
+    return out
+
+
+def evaluate_folder(
+    pred_dir: str | Path,
+    label_dir: str | Path,
+    labels: Labels,
+    ignore_label: int | None = None,
+    file_ending: str | None = None,
+) -> dict[str, Any]:
+    """Dice of every prediction in ``pred_dir`` against ``label_dir/<same id><ending>``.
+
+    Returns ``{"per_case": {id: {label: dice}}, "mean": {label: mean or None},
+    "foreground_mean": float or None}``. Every prediction needs a reference (references
+    without a prediction are not scored). ``file_ending`` restricts both folders to one
+    ending; by default any readable ending, matched by case id. A prediction whose shape
+    or affine differs from its reference raises PGPSInputError naming both files.
+    """
+    preds = _images(Path(pred_dir), file_ending)
+    refs = _images(Path(label_dir), file_ending)
+    if not preds:
+        raise PGPSInputError(f"{pred_dir}: no prediction files found")
+    per_case: dict[str, dict[str, float | None]] = {}
+    for case_id, pred_path in preds.items():
+        ref_path = refs.get(case_id)
+        if ref_path is None:
+            raise PGPSInputError(f"{pred_path}: no reference label {case_id}<ending> in {label_dir}")
+        pred, ref = read_volume(pred_path, channels=1), read_volume(ref_path, channels=1)
+        if pred.data.shape != ref.data.shape:
+            raise PGPSInputError(f"{pred_path}: shape {pred.data.shape} differs from reference "
+                                 f"{ref_path} {ref.data.shape}; predict in the label's geometry")
+        if not np.allclose(pred.affine, ref.affine, atol=AFFINE_TOLERANCE):
+            raise PGPSInputError(f"{pred_path}: affine differs from reference {ref_path}; "
+                                 "predict in the label's geometry")
+        per_case[case_id] = dice_scores(_ints(pred.data, pred_path), _ints(ref.data, ref_path),
+                                        labels, ignore_label)
+    return summarise(per_case)
+
+
+def summarise(per_case: Mapping[str, Mapping[str, float | None]]) -> dict[str, Any]:
+    """Means over cases (skipping None) and the foreground mean of per-case Dice scores."""
+    names: list[str] = []
+    for scores in per_case.values():
+        names += [n for n in scores if n not in names]
+    mean: dict[str, float | None] = {}
+    for name in names:
+        vals = [s[name] for s in per_case.values() if s.get(name) is not None]
+        mean[name] = float(np.mean(vals)) if vals else None
+    present = [v for v in mean.values() if v is not None]
+    return {
+        "per_case": {k: dict(v) for k, v in per_case.items()},
+        "mean": mean,
+        "foreground_mean": float(np.mean(present)) if present else None,
+    }
+
+
+def load_labels(path: str | Path) -> tuple[dict[str, int | list[int]], int | None]:
+    """(labels {name: value or [values]}, ignore label) from a JSON file.
+
+    Accepts an nnU-Net dataset.json ({name: value}), an MSD one ({"0": "background", ...})
+    and pgps-predict's labels.json ({"labels": ..., "ignore_label": ...}).
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = doc["labels"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PGPSInputError(f"{path}: cannot read labels ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise PGPSInputError(f"{path}: 'labels' must be a non-empty object")
+    labels: dict[str, int | list[int]] = {}
+    if all(isinstance(v, str) for v in raw.values()):  # MSD: {"1": "organ"}
+        for value, name in raw.items():
+            if not str(value).isdigit():
+                raise PGPSInputError(f"{path}: MSD label key {value!r} is not an integer")
+            labels[name] = int(value)
+    else:
+        for name, value in raw.items():
+            ok = isinstance(value, int) or (isinstance(value, list) and value
+                                            and all(isinstance(v, int) for v in value))
+            if not ok or isinstance(value, bool):
+                raise PGPSInputError(f"{path}: label {name!r} must be an integer or a list of them")
+            labels[name] = value
+    ignore = doc.get("ignore_label", labels.get("ignore"))
+    return labels, None if ignore is None else int(ignore)  # type: ignore[arg-type]
+
+
+def print_table(results: Mapping[str, Any], console: Any = None, title: str = "Dice") -> None:
+    """Print per-case Dice per label with a mean row (rich); '-' marks None."""
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(results["mean"])
+    table = Table(title=title)
+    table.add_column("case")
+    for name in names:
+        table.add_column(name, justify="right")
+    for case_id, scores in results["per_case"].items():
+        table.add_row(case_id, *(_fmt(scores.get(n)) for n in names))
+    table.add_section()
+    table.add_row("mean", *(_fmt(results["mean"][n]) for n in names), style="bold")
+    (console or Console()).print(table)
+    fg = results.get("foreground_mean")
+    (console or Console()).print(f"foreground mean Dice: {_fmt(fg)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: 0 ok, 2 on a user error (one line, no traceback)."""
+    p = argparse.ArgumentParser(prog=PROG, description="Per-label Dice of predicted label maps "
+                                "against reference labels (nnU-Net's rules).")
+    p.add_argument("pred_dir", help="predicted label maps <id><ending>")
+    p.add_argument("label_dir", help="reference label maps <id><ending>")
+    p.add_argument("--labels", metavar="JSON", help="dataset.json (MSD or nnU-Net) with the "
+                   "labels (default: PRED_DIR/labels.json from pgps-predict)")
+    p.add_argument("--json", metavar="OUT", help="where to write the results "
+                   "(default: PRED_DIR/summary.json)")
+    p.add_argument("--file-ending", help="only files with this ending (e.g. .nii.gz)")
+    args = p.parse_args(argv)
+    try:
+        source = Path(args.labels) if args.labels else Path(args.pred_dir) / "labels.json"
+        if not source.is_file():
+            raise PGPSInputError(f"{source}: missing (give --labels dataset.json)")
+        labels, ignore = load_labels(source)
+        results = evaluate_folder(args.pred_dir, args.label_dir, labels, ignore, args.file_ending)
+        out = Path(args.json) if args.json else Path(args.pred_dir) / "summary.json"
+        out.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+    except (PGPSInputError, OSError) as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print_table(results)
+    print(f"results → {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _images(folder: Path, ending: str | None) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise PGPSInputError(f"{folder}: not a directory")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        end = file_ending(path)
+        if end is None or path.name.startswith(".") or (ending and end != ending):
+            continue
+        case_id = path.name[: -len(end)]
+        if case_id in found:
+            raise PGPSInputError(f"{path}: case {case_id!r} also in {found[case_id].name} "
+                                 "(give --file-ending)")
+        found[case_id] = path
+    return found
+
+
+def _ints(data: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.floating) and np.any(data != np.round(data)):
+        raise PGPSInputError(f"{path}: holds non-integer values; a label map is required")
+    return data.astype(np.int64, copy=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _clean(obj: Any) -> Any:
+    """NaN → None all the way down (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())

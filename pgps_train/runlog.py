@@ -1,0 +1,121 @@
+"""What a run records: per-step losses, per-eval rows (CSV + TensorBoard), a progress bar.
+
+``steps.csv`` holds every step's loss (the resume test compares it bit for bit);
+``log.csv`` one row per evaluation: step, stage, patch, batch, loss, pseudo-Dice, lr,
+seconds computing and seconds waiting for data. A resumed run first drops the rows
+written after its checkpoint, so both files read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pgps_data.curriculum import Curriculum, Stage
+
+EVAL_FIELDS = ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
+               "seconds_compute", "seconds_wait"]
+
+
+class RunLog:
+    """Files and progress of one run in ``out``."""
+
+    def __init__(self, out: Path, cur: Curriculum, *, resume_from: int = 0,
+                 quiet: bool = False, log=print):  # noqa: ANN001
+        self.out = out
+        self.cur = cur
+        self.quiet = quiet
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.last_eval: dict[str, Any] | None = None
+        self._steps = _open_csv(out / "steps.csv", ["step", "stage", "loss"], resume_from)
+        self._evals = _open_csv(out / "log.csv", EVAL_FIELDS, resume_from)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from or None)
+        except ImportError:  # tensorboard is a dependency; keep running without it anyway
+            self.tb = None
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}"),
+            disable=quiet, transient=False,
+        )
+        self.task = self.progress.add_task("training", total=cur.total_iterations,
+                                           completed=resume_from, loss="-")
+        self.progress.start()
+
+    def schedule(self, cur: Curriculum) -> None:
+        """Print the schedule before training starts."""
+        if not self.quiet:
+            from pgps_data.schedule_cli import print_table
+
+            print_table(cur, console=self.progress.console)
+
+    def step(self, step: int, stage: Stage, loss: float) -> None:
+        self._steps[1].writerow([step, stage.index, repr(loss)])
+        desc = (f"stage {stage.index + 1}/{len(self.cur.stages)} "
+                f"{'×'.join(map(str, stage.patch))} b={stage.batch}")
+        self.progress.update(self.task, advance=1, description=desc, loss=f"{loss:.4f}")
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loss, step)
+
+    def eval_row(self, step: int, stage: Stage, loss: float, dice: list[float], lr: float,
+                 t_compute: float, t_wait: float) -> None:
+        row = {"step": step, "stage": stage.index, "patch": "x".join(map(str, stage.patch)),
+               "batch": stage.batch, "loss": round(loss, 5),
+               "pseudo_dice": " ".join(f"{d:.4f}" for d in dice), "lr": f"{lr:.3e}",
+               "seconds_compute": round(t_compute, 2), "seconds_wait": round(t_wait, 2)}
+        self._evals[1].writerow([row[k] for k in EVAL_FIELDS])
+        self._evals[0].flush()
+        self._steps[0].flush()
+        self.last_eval = {**row, "pseudo_dice": dice}
+        if self.tb is not None:
+            for k, d in enumerate(dice, start=1):
+                self.tb.add_scalar(f"val/pseudo_dice_{k}", d, step)
+            self.tb.add_scalar("train/lr", lr, step)
+        if not self.quiet:
+            self.progress.console.print(
+                f"step {step + 1:>6}  stage {stage.index}  patch {row['patch']:>11}  "
+                f"b {stage.batch:>3}  loss {loss:.4f}  pseudo-Dice {row['pseudo_dice']}  "
+                f"lr {row['lr']}  compute {t_compute:.1f}s  wait {t_wait:.1f}s"
+            )
+
+    def flush(self) -> None:
+        """Put every row so far on disk (called with each checkpoint)."""
+        for fh, _ in (self._steps, self._evals):
+            fh.flush()
+
+    def finish(self, t_compute: float, t_wait: float) -> dict[str, Any]:
+        self.progress.stop()
+        for fh, _ in (self._steps, self._evals):
+            fh.close()
+        if self.tb is not None:
+            self.tb.close()
+        wall = time.perf_counter() - self.t0
+        return {
+            "seconds_wall": round(wall, 2),
+            "seconds_compute": round(t_compute, 2),
+            "seconds_wait": round(t_wait, 2),
+            "wait_share": round(t_wait / max(t_compute + t_wait, 1e-9), 4),
+            "iterations": self.cur.total_iterations,
+            "compute_share_vs_constant": round(self.cur.compute_share(), 4),
+            "last_eval": self.last_eval,
+        }
+
+
+def _open_csv(path: Path, header: list[str], resume_from: int):  # noqa: ANN202
+    """Open ``path`` for appending, keeping only rows of steps before ``resume_from``."""
+    rows: list[list[str]] = []
+    if resume_from and path.exists():
+        with open(path, newline="") as fh:
+            rows = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) < resume_from]
+    fh = open(path, "w", newline="")  # noqa: SIM115 - closed in finish()
+    writer = csv.writer(fh)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return fh, writer

@@ -1,0 +1,222 @@
+"""The training loop: one readable function from store to checkpoints.
+
+    cfg = TrainConfig(store="Task.zarr", out="runs/eff", mode="efficiency")
+    result = train(cfg)
+
+Everything the loop needs from the data comes from the store (channels, labels, spacing,
+cases) and the curriculum (patch and batch per step); the loader streams the batches.
+nnU-Net's optimisation recipe: SGD with Nesterov momentum 0.99, lr 1e-2, weight decay
+3e-5, poly decay (exponent 0.9) over all iterations (not reset at stage changes),
+gradient clipping at 12, Dice + cross-entropy with deep supervision, autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgps_data import Curriculum, make_loader, open_store
+from pgps_data.pipeline import make_validation_loader
+from pgps_data.splits import fold_cases, load_splits
+from pgps_train.checkpoint import (
+    FINAL,
+    LATEST,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pgps_train.final_patch import resolve_patch
+from pgps_train.losses import LabelMap, SegLoss, confusion_counts
+from pgps_train.networks import build_network
+from pgps_train.runlog import RunLog
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as config.json in the run folder."""
+
+    store: str
+    out: str
+    mode: str = "efficiency"
+    net: str = "unet"
+    rules: str = "journal-2025"
+    patch: list[int] | None = None  # None: planned from the store (see resolve_patch)
+    patch_budget: int = 2**21
+    nnunet_plans: str | None = None
+    epochs: int = 1000  # 0: one epoch per stage of the rule set (the tiny preset)
+    iterations_per_epoch: int = 250
+    batch: int = 2
+    workers: int = 4
+    eval_every: int = 250
+    eval_batches: int = 10
+    save_every: int = 1000
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    fold: int | str = 0
+    splits: str | None = None
+    seed: int = 0
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    deterministic: bool = False
+    final_eval: bool = True
+    quiet: bool = False
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """Train one run; returns the run summary (times, last validation, final Dice)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+
+    # -- data ------------------------------------------------------------------------
+    store = open_store(cfg.store)
+    splits = load_splits(cfg.splits, store.case_ids) if cfg.splits else None
+    train_ids, val_ids = fold_cases(store.case_ids, cfg.fold, splits)
+    labels = LabelMap(store.label_values, store.ignore_label).to(device)
+    patch = resolve_patch(cfg, store)
+    net = build_network(cfg.net, in_channels=store.channels, num_classes=labels.num_classes,
+                        patch=patch, spacing=store.spacing, **cfg.net_kwargs).to(device)
+    grid = dict(patch=patch, steps=net.lattice.steps, min_size=net.lattice.minimum,
+                iterations_per_epoch=cfg.iterations_per_epoch, batch=cfg.batch,
+                rules=cfg.rules, seed=cfg.seed)
+    epochs = cfg.epochs or len(Curriculum.from_steps(epochs=10**6, mode="efficiency",
+                                                     **grid).patch_sizes)
+    cur = Curriculum.from_steps(epochs=epochs, mode=cfg.mode, **grid)
+    loader = make_loader(store, cur, workers=cfg.workers, seed=cfg.seed, cases=train_ids)
+    val_loader = make_validation_loader(store, cur, val_ids, batches=cfg.eval_batches,
+                                        workers=min(cfg.workers, 2), seed=cfg.seed + 1)
+
+    # -- optimisation ------------------------------------------------------------------
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=True, weight_decay=cfg.weight_decay)
+    total = cur.total_iterations
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - min(s, total) / total) ** 0.9)
+    loss_fn = SegLoss(labels.num_classes, labels.ignore_index)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() \
+        else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
+
+    start = 0
+    if resume and (out / LATEST).exists():
+        ckpt = load_checkpoint(out / LATEST, device)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        loader.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+    _write_model_json(out, cfg, net, store, patch, labels.num_classes)
+    (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
+    runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log)
+    runlog.schedule(cur)
+
+    def checkpoint(step: int) -> None:
+        runlog.flush()
+        save_checkpoint(out / LATEST, {
+            "model": net.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+            "loader": loader.state_dict(), "rng": rng_state(), "step": step,
+        })
+
+    # -- the loop --------------------------------------------------------------------------
+    t_wait = t_compute = 0.0
+    t_prev = time.perf_counter()
+    net.train()
+    for batch in loader:
+        t_got = time.perf_counter()
+        t_wait += t_got - t_prev
+        step, stage = batch["step"], cur.stage_at(batch["step"])
+        x = batch["image"].to(device, non_blocking=True)
+        y = labels(batch["label"].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+            outputs = net(x)
+        loss = loss_fn(outputs, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
+        t_prev = time.perf_counter()
+        t_compute += t_prev - t_got
+        runlog.step(step, stage, loss_value)
+
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == total:
+            dice = validate(net, val_loader, labels, device, amp_dtype)
+            runlog.eval_row(step, stage, loss_value, dice, sched.get_last_lr()[0],
+                            t_compute, t_wait)
+            net.train()
+        if done == stage.end_iter or done % cfg.save_every == 0 or done == total:
+            checkpoint(done)
+    loader.close()
+
+    save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": total})
+    summary = runlog.finish(t_compute, t_wait)
+    if cfg.final_eval:
+        from pgps_train.final_eval import evaluate_run  # noqa: PLC0415
+
+        summary["final"] = evaluate_run(out, net, store, val_ids, device, log=log,
+                                        quiet=cfg.quiet)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@torch.no_grad()
+def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.device,  # noqa: ANN001
+             amp_dtype: torch.dtype) -> list[float]:
+    """nnU-Net's pseudo-Dice per foreground class over the validation crops."""
+    net.eval()
+    counts = None
+    for batch in val_loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = labels(batch["label"].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+            logits = net(x)
+        c = confusion_counts(logits.float(), y, labels.num_classes, labels.ignore_index)
+        counts = c if counts is None else counts + c
+    if counts is None:
+        return []
+    tp, fp, fn = counts.double().unbind(1)
+    dice = 2 * tp / (2 * tp + fp + fn)
+    return [float("nan") if math.isnan(d) else round(float(d), 4) for d in dice.tolist()]
+
+
+def _write_model_json(out: Path, cfg: TrainConfig, net: torch.nn.Module, store, patch,  # noqa: ANN001
+                      num_classes: int) -> None:
+    """What inference needs to rebuild the network and preprocess raw files like the store."""
+    meta = store.meta
+    model = {
+        "network": net.config(),
+        "patch": list(patch),
+        "num_classes": num_classes,
+        "labels": meta["labels"],
+        "label_values": store.label_values,
+        "ignore_label": store.ignore_label,
+        "regions_class_order": meta.get("regions_class_order"),
+        "channel_names": meta["channel_names"],
+        "modalities": meta["modalities"],
+        "target_spacing": meta["target_spacing"],
+        "intensity_statistics": meta["intensity_statistics"],
+        "use_mask_for_norm": bool(meta.get("plan", {}).get("use_mask_for_norm", False)),
+        "file_ending": meta.get("file_ending", ".nii.gz"),
+    }
+    (out / "model.json").write_text(json.dumps(model, indent=1))
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))

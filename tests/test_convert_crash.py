@@ -1,0 +1,174 @@
+"""kill -9 in the middle of a conversion, then rerun: complete cases are kept, the rest
+finished, and the result equals a clean conversion. Killing only the main process must take
+its worker processes with it (they would otherwise keep writing into the store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pgps_data.ingest.convert import convert
+from pgps_data.store import open_store
+from pgps_data.synthetic import write_synthetic_dataset
+from tests.conftest import assert_same_store
+
+N_CASES = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def crash_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A dataset that takes a few seconds to convert, and its clean (uninterrupted) store."""
+    base = tmp_path_factory.mktemp("crash")
+    raw = write_synthetic_dataset(base / "Task05_Crash", cases=N_CASES, test_cases=0,
+                                  size=(32, 80, 80), seed=4)
+    clean = base / "clean.zarr"
+    summary = convert(raw, clean, workers=1, quiet=True, log=lambda _: None)
+    assert summary["converted"] == N_CASES and not summary["errors"]
+    return raw, clean
+
+
+def _complete_on_disk(out: Path) -> list[str]:
+    done = []
+    for meta in (out / "cases").glob("*/zarr.json"):
+        try:
+            if json.loads(meta.read_text()).get("attributes", {}).get("complete") is True:
+                done.append(meta.parent.name)
+        except (OSError, ValueError):
+            pass
+    return done
+
+
+def _start(raw: Path, out: Path) -> subprocess.Popen:
+    """The CLI in its own session; output to a file (a surviving worker must not block us)."""
+    with open(out.with_suffix(".log"), "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out),
+             "--workers", "2", "--quiet"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_midway(proc: subprocess.Popen, out: Path, *, group: bool) -> list[int]:
+    """Wait for one case (not all) to be complete, SIGKILL; returns the worker pids seen."""
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            workers |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+        done = len(_complete_on_disk(out)) if (out / "cases").is_dir() else 0
+        if done >= 1:
+            break
+        assert proc.poll() is None, out.with_suffix(".log").read_text()
+        time.sleep(0.01)
+    assert len(_complete_on_disk(out)) < N_CASES, "finished before the kill: make it bigger"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    return sorted(workers)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _rerun_and_check(raw: Path, out: Path, clean: Path) -> None:
+    killed = open_store(out)
+    done = _complete_on_disk(out)
+    assert killed.case_ids == sorted(done)  # only complete cases are listed
+    assert 1 <= len(done) < N_CASES
+    for case in killed:  # what is listed is whole
+        assert case.meta["complete"] is True
+        assert case.label.shape == case.shape
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out), "--workers", "2",
+         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"Skipping {len(done)} complete case(s)" in proc.stdout
+    assert f"{N_CASES - len(done)} case(s) converted, {len(done)} already complete" in proc.stdout
+    store = open_store(out)
+    assert store.case_ids == [f"synth_{n:03d}" for n in range(N_CASES)]
+    assert store.meta["complete"] is True
+    for case in store:
+        label = case.label[...]
+        assert case.meta["complete"] is True and case.image.shape[1:] == label.shape
+        assert np.isfinite(case.image[...]).all()
+        for v in store.label_values:
+            idx = case.foreground(v)
+            assert (label[tuple(idx.T)] == v).all()
+            assert case.meta["label_counts"][str(v)] == int((label == v).sum())
+    assert_same_store(clean, out)
+    assert store.meta["foreground_fraction"] == open_store(clean).meta["foreground_fraction"]
+
+
+def test_kill_the_process_group_then_rerun(crash_data: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, clean = crash_data
+    out = tmp_path / "killed.zarr"
+    workers = _kill_midway(_start(raw, out), out, group=True)
+    time.sleep(0.5)
+    assert not _alive(workers)
+    _rerun_and_check(raw, out, clean)
+
+
+def test_kill_only_the_main_process_takes_the_workers_along(
+        crash_data: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, clean = crash_data
+    out = tmp_path / "killed_main.zarr"
+    workers = _kill_midway(_start(raw, out), out, group=False)
+    assert len(workers) >= 2, "saw no worker processes"
+    deadline = time.monotonic() + 5
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = _alive(workers)
+    for pid in survivors:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"processes outlived the killed main process: {survivors}"
+    before = {str(p): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    time.sleep(1.0)  # nothing keeps writing into the store
+    after = {str(p): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert before == after
+    _rerun_and_check(raw, out, clean)
+
+
+def test_a_killed_worker_gives_one_line_and_a_rerun_finishes(
+        crash_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """A worker killed from outside (say by the OOM killer): one line, exit 2, rerun works."""
+    raw, clean = crash_data
+    out = tmp_path / "killed_worker.zarr"
+    proc = _start(raw, out)
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        assert proc.poll() is None, out.with_suffix(".log").read_text()
+        if (out / "cases").is_dir() and _complete_on_disk(out):
+            kids = psutil.Process(proc.pid).children()
+            victim = next((k for k in kids if "resource_tracker" not in " ".join(k.cmdline())),
+                          None)
+        time.sleep(0.01)
+    assert victim is not None
+    victim.kill()
+    assert proc.wait(timeout=60) == 2
+    log = out.with_suffix(".log").read_text()
+    assert "Traceback" not in log
+    assert "worker process died" in log and "rerun" in log
+    _rerun_and_check(raw, out, clean)
