@@ -122,7 +122,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
         start = int(ckpt["step"])
     _write_model_json(out, cfg, net, store, patch, labels.num_classes)
     (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
-    runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log)
+    runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device)
     runlog.schedule(cur)
 
     def checkpoint(step: int) -> None:
@@ -141,6 +141,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
         t_got = time.perf_counter()
         t_wait += t_got - t_prev
         step, stage = batch["step"], cur.stage_at(batch["step"])
+        runlog.enter(stage)
         x = batch["image"].to(device, non_blocking=True)
         y = labels(batch["label"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
@@ -154,9 +155,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
         scaler.update()
         sched.step()
         loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
-        t_prev = time.perf_counter()
-        t_compute += t_prev - t_got
-        runlog.step(step, stage, loss_value)
+        t_end = time.perf_counter()
+        runlog.step(step, stage, loss_value, compute=t_end - t_got, wait=t_got - t_prev)
+        t_compute += t_end - t_got
+        t_prev = t_end
 
         done = step + 1
         if done % cfg.eval_every == 0 or done == total:
