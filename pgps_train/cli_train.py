@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch deterministic algorithms (exact resume on CPU)")
     p.add_argument("--no-final-eval", action="store_true",
                    help="skip predict + evaluate on the validation fold at the end")
+    p.add_argument("--max-seconds", type=float, metavar="S",
+                   help="stop after S seconds of training (checkpointed; --resume continues)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgps-train: error: {exc}", file=sys.stderr)
         return 2
     final = summary.get("final") or {}
-    print(f"done: {summary['iterations']} iterations in {summary['seconds_wall']:.1f} s "
+    ran = summary.get("stopped_at_step", summary["iterations"])
+    print(f"done: {ran} iterations in {summary['seconds_wall']:.1f} s "
           f"(data wait {100 * summary['wait_share']:.1f} %), run in {cfg.out}")
     if final.get("mean"):
         print("validation Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in final["mean"].items()

@@ -1,9 +1,12 @@
 """What a run records: per-step losses, per-eval rows (CSV + TensorBoard), a progress bar.
 
-``steps.csv`` holds every step's loss (the resume test compares it bit for bit);
-``log.csv`` one row per evaluation: step, stage, patch, batch, loss, pseudo-Dice, lr,
-seconds computing and seconds waiting for data. A resumed run first drops the rows
-written after its checkpoint, so both files read as one uninterrupted run.
+``steps.csv`` holds every step's loss (the resume test compares it bit for bit; it is
+line-buffered, so a reader sees each step as it ends); ``log.csv`` one row per evaluation:
+step, stage, patch, batch, loss, pseudo-Dice, lr, seconds computing and seconds waiting for
+data. A resumed run first drops the rows written after its checkpoint, so both files read
+as one uninterrupted run. The summary's ``stages`` aggregates each stage this process ran:
+steps, seconds computing and waiting, mean step time, data-wait share and (on CUDA) the
+peak of ``torch.cuda.max_memory_allocated`` during the stage.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgps_data.curriculum import Curriculum, Stage
@@ -25,8 +29,12 @@ class RunLog:
     """Files and progress of one run in ``out``."""
 
     def __init__(self, out: Path, cur: Curriculum, *, resume_from: int = 0,
-                 quiet: bool = False, log=print):  # noqa: ANN001
+                 quiet: bool = False, log=print,  # noqa: ANN001
+                 device: torch.device | str = "cpu"):
         self.out = out
+        self.cuda = torch.device(device).type == "cuda"
+        self.stages: dict[int, dict[str, Any]] = {}
+        self._stage: int | None = None
         self.cur = cur
         self.quiet = quiet
         self.log = log
@@ -56,8 +64,11 @@ class RunLog:
 
             print_table(cur, console=self.progress.console)
 
-    def step(self, step: int, stage: Stage, loss: float) -> None:
+    def step(self, step: int, stage: Stage, loss: float, compute: float = 0.0,
+             wait: float = 0.0) -> None:
+        """Record one step: its loss, and its seconds computing and waiting for data."""
         self._steps[1].writerow([step, stage.index, repr(loss)])
+        self._stage_stats(stage, compute, wait)
         desc = (f"stage {stage.index + 1}/{len(self.cur.stages)} "
                 f"{'×'.join(map(str, stage.patch))} b={stage.batch}")
         self.progress.update(self.task, advance=1, description=desc, loss=f"{loss:.4f}")
@@ -85,12 +96,50 @@ class RunLog:
                 f"lr {row['lr']}  compute {t_compute:.1f}s  wait {t_wait:.1f}s"
             )
 
+    def enter(self, stage: Stage) -> None:
+        """Called before each step's compute: a new stage starts a new CUDA memory peak."""
+        if stage.index != self._stage:
+            self._close_stage()
+            self._stage = stage.index
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+
+    def _stage_stats(self, stage: Stage, compute: float, wait: float) -> None:
+        self.enter(stage)
+        st = self.stages.setdefault(stage.index, {
+            "patch": list(stage.patch), "batch": stage.batch, "steps": 0,
+            "seconds_compute": 0.0, "seconds_wait": 0.0})
+        st["steps"] += 1
+        st["seconds_compute"] += compute
+        st["seconds_wait"] += wait
+
+    def _close_stage(self) -> None:
+        """Fold the CUDA peak since the stage began into its record (random mode revisits)."""
+        if self._stage is not None and self.cuda:
+            st = self.stages[self._stage]
+            st["peak_memory_bytes"] = max(torch.cuda.max_memory_allocated(),
+                                          st.get("peak_memory_bytes", 0))
+
+    def stage_summary(self) -> list[dict[str, Any]]:
+        """Per stage: steps, seconds, mean step time, data-wait share, CUDA peak memory."""
+        rows = []
+        for k, st in sorted(self.stages.items()):
+            total = st["seconds_compute"] + st["seconds_wait"]
+            rows.append({"stage": k, **st,
+                         "seconds_compute": round(st["seconds_compute"], 3),
+                         "seconds_wait": round(st["seconds_wait"], 3),
+                         "seconds_per_step": round(total / max(st["steps"], 1), 5),
+                         "wait_share": round(st["seconds_wait"] / max(total, 1e-9), 4)})
+        return rows
+
     def flush(self) -> None:
         """Put every row so far on disk (called with each checkpoint)."""
         for fh, _ in (self._steps, self._evals):
             fh.flush()
 
     def finish(self, t_compute: float, t_wait: float) -> dict[str, Any]:
+        self._close_stage()
+        self._stage = None
         self.progress.stop()
         for fh, _ in (self._steps, self._evals):
             fh.close()
@@ -105,6 +154,7 @@ class RunLog:
             "iterations": self.cur.total_iterations,
             "compute_share_vs_constant": round(self.cur.compute_share(), 4),
             "last_eval": self.last_eval,
+            "stages": self.stage_summary(),
         }
 
 
@@ -114,7 +164,7 @@ def _open_csv(path: Path, header: list[str], resume_from: int):  # noqa: ANN202
     if resume_from and path.exists():
         with open(path, newline="") as fh:
             rows = [r for r in list(csv.reader(fh))[1:] if r and int(r[0]) < resume_from]
-    fh = open(path, "w", newline="")  # noqa: SIM115 - closed in finish()
+    fh = open(path, "w", newline="", buffering=1)  # noqa: SIM115 - closed in finish()
     writer = csv.writer(fh)
     writer.writerow(header)
     writer.writerows(rows)

@@ -69,6 +69,7 @@ class TrainConfig:
     deterministic: bool = False
     final_eval: bool = True
     quiet: bool = False
+    max_seconds: float | None = None  # stop (with a checkpoint) once the loop ran this long
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any]:  # noqa: ANN001
@@ -135,7 +136,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
 
     # -- the loop --------------------------------------------------------------------------
     t_wait = t_compute = 0.0
-    t_prev = time.perf_counter()
+    t_prev = t_start = time.perf_counter()
+    stopped: int | None = None
     net.train()
     for batch in loader:
         t_got = time.perf_counter()
@@ -168,10 +170,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
             net.train()
         if done == stage.end_iter or done % cfg.save_every == 0 or done == total:
             checkpoint(done)
+        if cfg.max_seconds and done < total and time.perf_counter() - t_start >= cfg.max_seconds:
+            stopped = done
+            checkpoint(done)
+            log(f"max_seconds {cfg.max_seconds:g} reached after {done} of {total} iterations "
+                "(checkpoint written; --resume continues)")
+            break
     loader.close()
 
-    save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": total})
+    save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": stopped or total})
     summary = runlog.finish(t_compute, t_wait)
+    if stopped is not None:
+        summary["stopped_at_step"] = stopped
     if cfg.final_eval:
         from pgps_train.final_eval import evaluate_run  # noqa: PLC0415
 
