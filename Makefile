@@ -29,9 +29,11 @@ lint: $(STAMP)
 nnunet-venv:
 	bash tools/nnunet_venv.sh .venv-nnunet
 
+# Ratios measured side by side in one run; the nnU-Net peer runs in its own venv.
 bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_read.py
 	$(PY) tools/bench_convert.py
+	$(PY) tools/bench_loader.py
 
 clean:
 	rm -rf $(VENV) .venv-nnunet .pytest_cache .ruff_cache

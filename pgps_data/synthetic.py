@@ -337,10 +337,10 @@ def _mark_ignore(rng: np.random.Generator, label: np.ndarray, lesion: np.ndarray
 def _ct(rng: np.random.Generator, tissue: np.ndarray, organ: np.ndarray, lesion: np.ndarray,
         spacing: np.ndarray) -> np.ndarray:
     """Hounsfield units as int16: 0 outside the FOV, air -1000, fat -100, soft tissue 40,
-    bone ~500, organ ~85, lesions ~60 HU brighter than their organ; smooth texture + noise."""
+    bone ~500, organ ~115, lesions ~65 HU brighter than their organ; smooth texture + noise."""
     hu = np.array([0, -1000, -100, 40, rng.uniform(400, 700)], np.float32)
     ct = hu[tissue]
-    organ_hu = rng.uniform(70, 100)
+    organ_hu = rng.uniform(100, 130)
     ct[organ] = organ_hu
     ct[lesion] = organ_hu + rng.uniform(50, 80)
     body = tissue >= 2

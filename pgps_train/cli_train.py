@@ -15,10 +15,13 @@ from typing import Any
 
 from pgps_data.errors import PGPSInputError
 
-# The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), a few
-# hundred iterations in all, a narrow network.
+# The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), 15
+# iterations each (240 for the demo's 16 stages), a 24×48×48-sized patch budget and a narrow
+# network. Measured on the demo data (2 shared cores, one thread): constant mode reaches
+# organ Dice 0.90 in about 95 s of compute.
 TINY = {"epochs": 0, "iterations_per_epoch": 15, "batch": 2, "workers": 2, "eval_every": 60,
-        "eval_batches": 4, "save_every": 10**9, "patch_budget": 32 * 64 * 64}
+        "eval_batches": 4, "save_every": 10**9, "patch_budget": 24 * 48 * 48}
+TINY_UNET = {"base_filters": 8, "max_filters": 32}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     if args.preset == "tiny":
         values.update(TINY)
-        values["net_kwargs"] = tiny_kwargs(args.net or "unet")
+        net = args.net or "unet"
+        values["net_kwargs"] = TINY_UNET if net == "unet" else tiny_kwargs(net)
     names = {f.name for f in fields(TrainConfig)}
     for key, value in vars(args).items():
         if key in names and value is not None and key not in ("deterministic", "quiet"):
