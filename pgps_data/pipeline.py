@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -34,9 +35,11 @@ from pgps_data.ring import SharedRing, request_layout
 from pgps_data.sampling import CropRequest, Sampler
 from pgps_data.store import Store
 from pgps_data.watchdog import LoaderWorkerError, WorkerWatchdog
-from pgps_data.worker import CropReader
+from pgps_data.worker import CropReader, arm_parent_watch
 
 STATE_VERSION = 1
+BUNDLE_BYTES = 1 << 20  # requests smaller than this travel to a worker together
+BUNDLE_MAX = 64
 
 
 def make_loader(
@@ -110,6 +113,7 @@ class PGPSLoader:
         self._it: Iterator[dict[str, Any]] | None = None
         self._ring: SharedRing | None = None
         self._watchdog: WorkerWatchdog | None = None
+        self._threaded: list[BaseNode] = []
 
     def __len__(self) -> int:
         return self.curriculum.total_iterations
@@ -177,18 +181,33 @@ class PGPSLoader:
         self._ring = SharedRing(3 * step_bytes + (1 << 20))  # + slack for alignment
         requests = CropRequests(self.sampler, self._ring, self.channels, self._next_step)
         reader = CropReader(str(self.store.path), self._ring.name, self.label_pad)
+        arm_parent_watch()  # workers are forked by torchdata's threads from here on
         mapper = ParallelMapper(requests, reader, num_workers=self.workers, in_order=True,
                                 method="process", multiprocessing_context="fork")
         self._watchdog = WorkerWatchdog(mapper)
         node: BaseNode = StageBatcher(mapper, self._ring, self.channels, self._watchdog)
+        self._threaded = []
         if self.pin_memory:
             node = PinMemory(node)
+            self._threaded.append(node)
         node = Prefetcher(node, prefetch_factor=self.prefetch)
+        self._threaded.insert(0, node)
         self._it = iter(Loader(node))
         self._watchdog.start()
 
     def close(self) -> None:
-        """Stop the workers and free the ring (also done at the end of the stream)."""
+        """Stop the threads and workers, then free the ring (also at the end of the stream).
+
+        The order matters: the prefetch thread may be copying out of the ring, so it is
+        stopped (and joined) before the ring's memory is unmapped.
+        """
+        if self._watchdog is not None:
+            self._watchdog.halt()
+        for node in self._threaded:  # Prefetcher / PinMemory threads, outermost first
+            inner = getattr(node, "_it", None)
+            if inner is not None and hasattr(inner, "_shutdown"):
+                inner._shutdown()
+        self._threaded = []
         if self._watchdog is not None:
             self._watchdog.stop_workers()
             self._watchdog = None
@@ -204,8 +223,13 @@ class PGPSLoader:
             pass
 
 
-class CropRequests(BaseNode[CropRequest]):
-    """Source node: the requests of step after step, each with its region of the ring."""
+class CropRequests(BaseNode[list]):
+    """Source node: bundles of requests, step after step, each with its region of the ring.
+
+    Small requests (the early stages' small crops) are bundled up to ``BUNDLE_BYTES`` of
+    crops, so a worker's round trip through torchdata's queues (~0.1 ms) is paid once per
+    bundle instead of once per case and step.
+    """
 
     def __init__(self, sampler: Sampler, ring: SharedRing | None, channels: int, start: int):
         super().__init__()
@@ -221,17 +245,27 @@ class CropRequests(BaseNode[CropRequest]):
         self._step = self.start if initial_state is None else int(initial_state["step"])
         self._pending = []
 
-    def next(self) -> CropRequest:
-        if not self._pending:
-            if self._step >= self.sampler.curriculum.total_iterations:
-                raise StopIteration
-            self._pending = self.sampler.requests(self._step)
-            self._step += 1
-        req = self._pending.pop(0)
-        if self.ring is not None:
-            img, lab = request_layout(len(req.slots), self.channels, req.read_shape)
-            req = replace(req, ring_offset=self.ring.allocate(img + lab))
-        return req
+    def next(self) -> list[CropRequest]:
+        bundle: list[CropRequest] = []
+        size = 0
+        while len(bundle) < BUNDLE_MAX:
+            if not self._pending:
+                if self._step >= self.sampler.curriculum.total_iterations:
+                    break
+                self._pending = self.sampler.requests(self._step)
+                self._step += 1
+            img, lab = request_layout(len(self._pending[0].slots), self.channels,
+                                      self._pending[0].read_shape)
+            if bundle and size + img + lab > BUNDLE_BYTES:
+                break
+            req = self._pending.pop(0)
+            if self.ring is not None:
+                req = replace(req, ring_offset=self.ring.allocate(img + lab))
+            bundle.append(req)
+            size += img + lab
+        if not bundle:
+            raise StopIteration
+        return bundle
 
     def get_state(self) -> dict[str, Any]:
         return {"step": self._step - (1 if self._pending else 0)}
@@ -247,9 +281,11 @@ class StageBatcher(BaseNode[dict]):
         self.ring = ring
         self.channels = channels
         self.watchdog = watchdog
+        self._buffer: deque[dict[str, Any]] = deque()
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
+        self._buffer.clear()
         self.source.reset(None if initial_state is None else initial_state.get("source"))
 
     def next(self) -> dict[str, Any]:
@@ -260,12 +296,15 @@ class StageBatcher(BaseNode[dict]):
         return self._collate(parts)
 
     def _pull(self) -> dict[str, Any]:
-        try:
-            return self.source.next()
-        except StopIteration:
-            if self.watchdog is not None and self.watchdog.failure:
-                raise LoaderWorkerError(self.watchdog.failure) from None
-            raise
+        """The next request's result, unpacking the workers' bundles in order."""
+        if not self._buffer:
+            try:
+                self._buffer.extend(self.source.next())
+            except StopIteration:
+                if self.watchdog is not None and self.watchdog.failure:
+                    raise LoaderWorkerError(self.watchdog.failure) from None
+                raise
+        return self._buffer.popleft()
 
     def _collate(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
         req0: CropRequest = parts[0]["request"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from pgps_data.errors import PGPSInputError
 from pgps_data.zarr_fastread import FastArray, read_box_zarr
 
 FORMAT_VERSION = 1
+CASE_CACHE = 64  # opened cases kept per process (metadata, readers, foreground indices)
 TRAIN_GROUP = "cases"
 TEST_GROUP = "test"
 
@@ -69,11 +71,13 @@ class Store:
         self.meta: dict[str, Any] = attrs
         self.case_ids: list[str] = _complete_cases(path, root, TRAIN_GROUP)
         self.test_ids: list[str] = _complete_cases(path, root, TEST_GROUP)
-        self._cases: dict[str, Case] = {}
+        self._cases: OrderedDict[str, Case] = OrderedDict()  # LRU: memory stays flat
 
     def __getitem__(self, case_id: str) -> Case:
         case = self._cases.get(case_id)
-        if case is None:
+        if case is not None:
+            self._cases.move_to_end(case_id)
+        else:
             if case_id in self.case_ids:
                 group = TRAIN_GROUP
             elif case_id in self.test_ids:
@@ -82,6 +86,8 @@ class Store:
                 raise KeyError(f"{self.path}: no complete case {case_id!r}")
             case = Case(case_id, self.root[f"{group}/{case_id}"], group == TEST_GROUP)
             self._cases[case_id] = case
+            if len(self._cases) > CASE_CACHE:
+                self._cases.popitem(last=False)
         return case
 
     def __len__(self) -> int:

@@ -53,10 +53,14 @@ class WorkerWatchdog:
             if event is not None:
                 event.set()
 
-    def stop_workers(self, timeout: float = 2.0) -> None:
-        """Stop watching and end every worker (terminate, then kill)."""
+    def halt(self) -> None:
+        """Stop watching and make the mapper's ``next()`` end (its workers still run)."""
         self._stop.set()
         self._halt_mapper()
+
+    def stop_workers(self, timeout: float = 2.0) -> None:
+        """Stop watching and end every worker (terminate, then kill)."""
+        self.halt()
         workers = self.workers()
         for w in workers:
             if w.is_alive():

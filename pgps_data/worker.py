@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from pgps_data.ring import RingView, request_layout
 from pgps_data.sampling import CropRequest, forced_classes, plan_origins
+from pgps_data.store import CASE_CACHE
 
 
 class CropReader:
-    """The ParallelMapper map function: ``request -> small result dict``.
+    """The ParallelMapper map function: ``[request, ...] -> [small result dict, ...]``.
 
     Crops go into the ring at ``request.ring_offset`` (images float32 (n, C, *shape), then
     labels uint8 (n, *shape)); only the origins and picked classes travel back through the
@@ -34,9 +36,12 @@ class CropReader:
         self._pid: int | None = None
         self._owner_pid = os.getpid()  # the main process that built the pipeline
 
-    def __call__(self, request: CropRequest) -> dict[str, Any]:
+    def __call__(self, bundle: list[CropRequest]) -> list[dict[str, Any]]:
         if self._pid != os.getpid():
             self._start()
+        return [self._guarded(request) for request in bundle]
+
+    def _guarded(self, request: CropRequest) -> dict[str, Any]:
         try:
             return self._read(request)
         except Exception as exc:
@@ -52,13 +57,15 @@ class CropReader:
         self._pid = os.getpid()
         self._store = open_store(self.store_path)
         self._ring = RingView(self.ring_name) if self.ring_name else None
-        self._cases: dict[str, tuple[Any, dict, np.ndarray | None]] = {}
+        self._cases: OrderedDict[str, tuple[Any, dict, np.ndarray | None]] = OrderedDict()
         if self._pid != self._owner_pid:
             _watch_parent()
 
     def _case(self, case_id: str) -> tuple[Any, dict, np.ndarray | None]:
         entry = self._cases.get(case_id)
-        if entry is None:
+        if entry is not None:
+            self._cases.move_to_end(case_id)
+        else:
             case = self._store[case_id]
             labels = self._store.labels
             values = self._store.label_values
@@ -69,6 +76,8 @@ class CropReader:
             annotated = case.annotated() if self._store.ignore_label is not None else None
             entry = (case, locations, annotated)
             self._cases[case_id] = entry
+            if len(self._cases) > CASE_CACHE:  # bounded, so memory stays flat on big stores
+                self._cases.popitem(last=False)
         return entry
 
     def _read(self, request: CropRequest) -> dict[str, Any]:
@@ -100,8 +109,36 @@ class CropReader:
         return result
 
 
+_ARMED = False  # set while a loader starts its workers; forked children inherit it
+_WATCHING = False
+
+
+def arm_parent_watch(armed: bool = True) -> None:
+    """Children forked from now on (the loader's workers) watch their parent from birth.
+
+    A worker that never received a request would otherwise have no watcher, and torchdata's
+    workers keep waiting on their queue forever when the main process is SIGKILLed.
+    """
+    global _ARMED
+    _ARMED = armed
+
+
+def _after_fork_in_child() -> None:
+    global _WATCHING
+    _WATCHING = False
+    if _ARMED:
+        _watch_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _watch_parent(interval: float = 0.25) -> None:
     """End this worker as soon as its parent process is gone (e.g. killed with -9)."""
+    global _WATCHING
+    if _WATCHING:
+        return
+    _WATCHING = True
     parent = os.getppid()
 
     def watch() -> None:

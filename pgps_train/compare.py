@@ -55,7 +55,7 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "PGPS modes") -> N
     from rich.console import Console
     from rich.table import Table
 
-    labels = sorted({k for r in rows for k in r["dice"]})
+    labels = list(dict.fromkeys(k for r in rows for k in r["dice"]))  # label order
     table = Table(title=title)
     for col in ["mode", "wall time", "share of constant", "data wait", "iterations",
                 *[f"{name} Dice" for name in labels]]:
