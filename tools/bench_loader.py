@@ -130,7 +130,7 @@ def amplification(store_path: Path, cur: Curriculum, stage, steps: int) -> float
     for step in range(stage.start_iter, stage.start_iter + steps):
         for req in sampler.requests(step):
             before = STATS["bytes_decoded"] + STATS["bytes_mapped"]
-            reader(req)
+            reader([req])
             touched += STATS["bytes_decoded"] + STATS["bytes_mapped"] - before
             delivered += len(req.slots) * int(np.prod(req.read_shape)) * (4 * c + 1)
     return round(touched / delivered, 2) if touched else None
