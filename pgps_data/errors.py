@@ -17,3 +17,21 @@ class PGPSInputError(Exception):
             message = f"{path}: {message}"
         super().__init__(message)
         self.path = None if path is None else str(path)
+
+
+def read_json(path: object, missing_hint: str) -> object:
+    """The JSON document at ``path``; a missing or invalid file is one PGPSInputError line.
+
+    ``missing_hint`` says what the file should have been, e.g. "an MSD or nnU-Net raw
+    dataset needs one".
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(str(path))
+    if not path.is_file():
+        raise PGPSInputError(f"{path}: missing ({missing_hint})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PGPSInputError(f"{path}: not valid JSON ({exc})") from exc

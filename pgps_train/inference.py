@@ -22,7 +22,6 @@ The command line (``pgps-predict``) lives in :mod:`pgps_train.cli_predict`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgps_data.errors import PGPSInputError
+from pgps_data.errors import PGPSInputError, read_json
 from pgps_data.ingest.cases import AFFINE_TOLERANCE
 from pgps_data.ingest.preprocess import preprocess_case, restore_to_source
 from pgps_data.ingest.readers import Volume, check_finite, geometry_dict, read_volume
@@ -128,12 +127,7 @@ def load_model(
 def load_config(model_dir: str | Path) -> dict[str, Any]:
     """Read and check MODEL_DIR/model.json (keys in :data:`REQUIRED_KEYS`)."""
     path = Path(model_dir) / MODEL_JSON
-    if not path.is_file():
-        raise PGPSInputError(f"{path}: missing (is {model_dir} a pgps model directory?)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PGPSInputError(f"{path}: not valid JSON ({exc})") from exc
+    config = read_json(path, f"is {model_dir} a pgps model directory?")
     missing = [k for k in REQUIRED_KEYS if not isinstance(config, dict) or k not in config]
     if missing:
         raise PGPSInputError(f"{path}: lacks {', '.join(missing)} (written by an older pgps?)")

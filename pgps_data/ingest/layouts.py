@@ -15,7 +15,6 @@ test case. macOS ``._*`` resource-fork files (shipped in the MSD tarballs) are i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgps_data.errors import PGPSInputError
+from pgps_data.errors import PGPSInputError, read_json
 
 NORMALISATION_NAMES = {
     "ct": "CT",
@@ -78,12 +77,7 @@ def discover(raw_dir: str | Path) -> DatasetSpec:
     meta_path = root / "dataset.json"
     if not root.is_dir():
         raise PGPSInputError(f"{root}: not a directory (give the raw dataset folder)")
-    if not meta_path.is_file():
-        raise PGPSInputError(f"{meta_path}: missing (an MSD or nnU-Net raw dataset needs one)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PGPSInputError(f"{meta_path}: not valid JSON ({exc})") from exc
+    meta = read_json(meta_path, "an MSD or nnU-Net raw dataset needs one")
     if not isinstance(meta, dict):
         raise PGPSInputError(f"{meta_path}: must hold a JSON object")
     if "channel_names" in meta and "file_ending" in meta:
