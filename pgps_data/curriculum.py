@@ -36,11 +36,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pgps_data.errors import PGPSInputError
+from pgps_data.oversampling import FOREGROUND_P, case_grouping, forced_slots  # noqa: F401
+from pgps_data.oversampling import check_positive as _positive
 
 Patch = tuple[int, int, int]
 MODES = ("constant", "efficiency", "performance", "random")
 RULES = ("journal-2025", "miccai-2024")
-FOREGROUND_P = 0.5  # foreground oversampling share, fixed by the published rules
 _DICT_VERSION = 1
 
 
@@ -341,29 +342,6 @@ def random_patch_index(seed: int, step: int, n: int) -> int:
     return int.from_bytes(digest, "big") % n
 
 
-# ---- foreground oversampling ------------------------------------------------------------
-def forced_slots(b: int, p: float = FOREGROUND_P) -> list[bool]:
-    """nnU-Net's slot rule: slot j of a batch of b is foreground-forced iff
-    ``j >= round(b * (1 - p))`` (Python's round, ties to even, as nnU-Net)."""
-    b, p = _positive(b, "batch"), _share(p)
-    first_forced = round(b * (1 - p))
-    return [j >= first_forced for j in range(b)]
-
-
-def case_grouping(b: int, B: int, p: float = FOREGROUND_P) -> list[tuple[bool, int]]:
-    """Journal performance mode: b crops from only B cases, as ``(forced, n_crops)`` per case.
-
-    The first ``round(B * (1 - p))`` cases give random crops, the others foreground-forced
-    crops. The b crops are split as evenly as possible; the extra ``b % B`` crops fill cases
-    from the last one backwards, so forced cases take them first (B=2, b=5: one random
-    case with 2 crops, one forced case with 3).
-    """
-    b, B, p = _positive(b, "batch"), _positive(B, "cases per batch"), _share(p)
-    n_random = round(B * (1 - p))
-    base, extra = divmod(b, B)
-    return [(c >= n_random, base + (1 if c >= B - extra else 0)) for c in range(B)]
-
-
 # ---- helpers ----------------------------------------------------------------------------
 def _cap_batches(patches: Sequence[Patch], batches: list[int], B: int, cap: int) -> list[int]:
     """Our memory cap: ``batch * V <= cap`` where possible, never below B (the final batch)."""
@@ -387,19 +365,3 @@ def _triple(values: Sequence[int] | None, name: str, *, minimum: int) -> Patch:
         what = "positive" if minimum == 1 else f"at least {minimum}"
         raise PGPSInputError(f"{name} must be {what} on every axis, got {t}")
     return (t[0], t[1], t[2])
-
-
-def _positive(value: int, name: str, minimum: int = 1) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise PGPSInputError(f"{name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise PGPSInputError(f"{name} must be at least {minimum}, got {v}")
-    return v
-
-
-def _share(p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise PGPSInputError(f"foreground share p must be in [0, 1], got {p}")
-    return p

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.random  # noqa: F401  (imported eagerly: workers fork while requests are drawn)
 
-from pgps_data.curriculum import Curriculum, case_grouping, forced_slots
+from pgps_data.curriculum import Curriculum
+from pgps_data.oversampling import case_grouping, forced_slots
 
 OVERSAMPLING = ("auto", "slot", "case_grouping", "probabilistic")
 _CASE_STREAM = 0x0CA5E  # keeps the case-choice draws apart from the crop draws
