@@ -83,7 +83,7 @@ if [ "$DRY" = 1 ]; then
   echo "  ${synth[*]}"
   echo "  ${convert[*]}"
   for mode in "${MODES[@]}"; do echo "  timeout $RUN_TIMEOUT $(train_cmd "$mode")"; done
-  "$PY" -c "import pgps_data, pgps_train.trainer, monai, zarr, torchdata, nibabel, SimpleITK, dask, distributed" \
+  "$PY" -c "import pgps_data, pgps_train.trainer, monai, zarr, torchdata, nibabel, dask, distributed" \
     && echo "imports ok"
   echo "$cuda_line"
   exit 0

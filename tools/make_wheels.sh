@@ -21,6 +21,10 @@ pandas pillow pip protobuf psutil pygments pyparsing python-dateutil pyyaml requ
 scikit-image scikit-learn scipy setuptools six sortedcontainers sympy tensorboard
 tensorboard-data-server threadpoolctl tifffile toolz torch tqdm triton typing-extensions
 urllib3 werkzeug wheel zipp"
+# SimpleITK (53 MB) would push .whl/ past the device tool's 64 MiB carry limit; the GPU
+# check reads and writes NIfTI only (nibabel), and pgps imports SimpleITK lazily for
+# NRRD/MHA. WITH_SIMPLEITK=1 carries it anyway.
+[ "${WITH_SIMPLEITK:-0}" = 1 ] || IMAGE="$IMAGE simpleitk"
 
 pins=$("$VENV_PY" - "$IMAGE" <<'EOF'
 import re, sys
