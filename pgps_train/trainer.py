@@ -215,14 +215,21 @@ def _write_model_json(out: Path, cfg: TrainConfig, net: torch.nn.Module, store, 
                       num_classes: int) -> None:
     """What inference needs to rebuild the network and preprocess raw files like the store."""
     meta = store.meta
+    # The network is trained with a softmax over label values (background + each value),
+    # also for region datasets, so the model predicts values; regions are scored as unions.
+    names = {v: k for k, v in meta["labels"].items() if isinstance(v, int)}
+    labels = {"background": 0, **{names.get(v, f"value_{v}"): v for v in store.label_values}}
+    if store.ignore_label is not None:
+        labels[names.get(store.ignore_label, "ignore")] = store.ignore_label
     model = {
         "network": net.config(),
         "patch": list(patch),
         "num_classes": num_classes,
-        "labels": meta["labels"],
+        "labels": labels,
         "label_values": store.label_values,
         "ignore_label": store.ignore_label,
-        "regions_class_order": meta.get("regions_class_order"),
+        "regions_class_order": None,
+        "store_labels": meta["labels"],
         "channel_names": meta["channel_names"],
         "modalities": meta["modalities"],
         "target_spacing": meta["target_spacing"],
