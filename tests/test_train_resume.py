@@ -70,7 +70,7 @@ def _checkpoint_due(cur: Curriculum, done: int) -> bool:
 def _kill_mid_stage(proc: subprocess.Popen, out: Path, cur: Curriculum,
                     deadline: float) -> tuple[int, int]:
     """SIGKILL ``proc`` once a checkpoint at step c ≥ 6 exists, steps.csv shows step c (the
-    first after it) and no checkpoint is due for the next two steps (so the kill lands
+    first after it) and no checkpoint is due after this or the next step (so the kill lands
     mid-stage, a whole step before any newer checkpoint); returns (checkpoint step, last
     logged step) as found after the kill."""
     while time.monotonic() < deadline:
@@ -79,7 +79,7 @@ def _kill_mid_stage(proc: subprocess.Popen, out: Path, cur: Curriculum,
         c = _ckpt_step(out)
         logged = _logged_steps(out)
         if c is not None and 6 <= c < cur.total_iterations - 3 and logged and logged[-1] >= c \
-                and not _checkpoint_due(cur, logged[-1] + 2):
+                and not any(_checkpoint_due(cur, logged[-1] + k) for k in (1, 2)):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return _ckpt_step(out), _logged_steps(out)[-1]  # type: ignore[return-value]
