@@ -31,14 +31,14 @@ from torchdata.nodes import BaseNode, Loader, ParallelMapper, PinMemory, Prefetc
 
 from pgps_data.curriculum import Curriculum
 from pgps_data.errors import PGPSInputError
-from pgps_data.ring import SharedRing, request_layout
+from pgps_data.ring import ALIGN, SharedRing, request_layout
 from pgps_data.sampling import CropRequest, Sampler
 from pgps_data.store import Store
 from pgps_data.watchdog import LoaderWorkerError, WorkerWatchdog
 from pgps_data.worker import CropReader, arm_parent_watch
 
 STATE_VERSION = 1
-BUNDLE_BYTES = 1 << 20  # requests smaller than this travel to a worker together
+BUNDLE_BYTES = 8 << 20  # requests travel to a worker together up to this many bytes of crops
 BUNDLE_MAX = 64
 
 
@@ -178,7 +178,9 @@ class PGPSLoader:
         # child forever. Drawing one step here first does every such import up front.
         self.sampler.requests(min(self._next_step, self.curriculum.total_iterations - 1))
         step_bytes = max_step_bytes(self.sampler, self.channels)
-        self._ring = SharedRing(3 * step_bytes + (1 << 20))  # + slack for alignment
+        # A bundle is filled in the ring before it is sent, so the ring must always hold
+        # one whole bundle (plus the tail wasted when it wraps) besides the steps in flight.
+        self._ring = SharedRing(3 * step_bytes + 2 * BUNDLE_BYTES + ALIGN * BUNDLE_MAX)
         requests = CropRequests(self.sampler, self._ring, self.channels, self._next_step)
         reader = CropReader(str(self.store.path), self._ring.name, self.label_pad)
         arm_parent_watch()  # workers are forked by torchdata's threads from here on

@@ -157,3 +157,25 @@ def test_test_cases_never_enter_training(store) -> None:
     assert store.test_ids and not set(store.test_ids) & set(store.case_ids)
     with pytest.raises(PGPSInputError, match="test cases"):
         make_loader(store, _cur(), workers=0, cases=store.test_ids)
+
+
+def test_bundles_larger_than_the_steps_never_deadlock_the_ring(store, monkeypatch) -> None:
+    """A bundle is filled in the ring before it is sent: the ring must hold a whole one."""
+    import signal
+
+    import pgps_data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "BUNDLE_BYTES", 64 << 20)  # far beyond 3 steps of crops
+    monkeypatch.setattr(pipeline, "BUNDLE_MAX", 10_000)
+
+    def hung(*_):
+        raise TimeoutError("the ring deadlocked")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        cur = _cur(mode="constant", epochs=1, ipe=40, patch=(8, 16, 16))
+        batches = _collect(make_loader(store, cur, workers=2, seed=0))
+    finally:
+        signal.alarm(0)
+    assert [b["step"] for b in batches] == list(range(40))
