@@ -156,19 +156,10 @@ class Case:
         """
         origin = tuple(int(o) for o in origin)
         shape = tuple(int(s) for s in shape)
-        fast = self._fast("image")
-        if fast is not None:
-            image = fast.read(origin, shape, out=out_image, pad_value=0, dtype=np.float32)
-        else:
-            image = _into(read_box_zarr(self.image, origin, shape, 0), out_image, np.float32)
+        image = self._boxes("image", origin, shape, out_image, 0, many=False)
         if self.label is None:
             return image, None
-        fast = self._fast("label")
-        if fast is not None:
-            label = fast.read(origin, shape, out=out_label, pad_value=label_pad)
-        else:
-            label = _into(read_box_zarr(self.label, origin, shape, label_pad), out_label, None)
-        return image, label
+        return image, self._boxes("label", origin, shape, out_label, label_pad, many=False)
 
     def read_many(
         self,
@@ -186,25 +177,23 @@ class Case:
         """
         shape = tuple(int(s) for s in shape)
         origins = [tuple(int(o) for o in org) for org in origins]
-        fast = self._fast("image")
-        if fast is not None:
-            image = fast.read_many(origins, shape, out=out_image, pad_value=0, dtype=np.float32)
-        else:
-            image = _into(
-                np.stack([read_box_zarr(self.image, o, shape, 0) for o in origins]),
-                out_image, np.float32,
-            )
+        image = self._boxes("image", origins, shape, out_image, 0, many=True)
         if self.label is None:
             return image, None
-        fast = self._fast("label")
+        return image, self._boxes("label", origins, shape, out_label, label_pad, many=True)
+
+    def _boxes(self, which: str, where, shape, out, pad: int, *, many: bool) -> np.ndarray:  # noqa: ANN001
+        """One box (``many=False``, ``where`` an origin) or a stack of boxes of one array,
+        by the fast path when it can read the array, else by zarr-python."""
+        dtype = np.float32 if which == "image" else None
+        fast = self._fast(which)
         if fast is not None:
-            label = fast.read_many(origins, shape, out=out_label, pad_value=label_pad)
-        else:
-            label = _into(
-                np.stack([read_box_zarr(self.label, o, shape, label_pad) for o in origins]),
-                out_label, None,
-            )
-        return image, label
+            read = fast.read_many if many else fast.read
+            return read(where, shape, out=out, pad_value=pad, dtype=dtype)
+        arr = self.image if which == "image" else self.label
+        if many:
+            return _into(np.stack([read_box_zarr(arr, o, shape, pad) for o in where]), out, dtype)
+        return _into(read_box_zarr(arr, where, shape, pad), out, dtype)
 
     @property
     def uses_fast_path(self) -> bool:
