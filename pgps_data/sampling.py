@@ -17,7 +17,7 @@ probability p.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.random  # noqa: F401  (imported eagerly: workers fork while requests are drawn)
@@ -47,7 +47,6 @@ class CropRequest:
     batch: int = 1  # crops in this step
     margin: tuple[int, int, int] = (0, 0, 0)
     ring_offset: int = -1  # byte offset of the output in the shared ring (-1: return)
-    extra: dict = field(default_factory=dict)
 
     @property
     def read_shape(self) -> tuple[int, int, int]:
