@@ -38,20 +38,8 @@ MODES=(constant efficiency performance)
 
 command -v "$PY" >/dev/null || { echo "gpu_check: $PY not found (set PYTHON=...)" >&2; exit 2; }
 
-# -- dependencies: the carried wheels, if any, go to /tmp/site ------------------------------
-if compgen -G ".whl/*.whl" >/dev/null; then
-  if [ "$DRY" = 1 ]; then
-    echo "would install: $(find .whl -name '*.whl' | wc -l) wheels from .whl/ into /tmp/site"
-  else
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD"
-  fi
-fi
-export PYTHONPATH="${PYTHONPATH:-$PWD}"
-case ":$PYTHONPATH:" in *":$PWD:"*) ;; *) export PYTHONPATH="$PYTHONPATH:$PWD" ;; esac
-
-# -- CUDA first: without it, one clear line and exit 2 (dry run: say so, exit 0) ------------
+# -- CUDA first (needs only the preinstalled torch): without it, one clear line and exit 2
+#    before anything is installed or written (dry run: say so, exit 0) ------------------
 cuda_line=$("$PY" - <<'EOF'
 import torch
 if torch.cuda.is_available():
@@ -66,6 +54,19 @@ if [[ "$cuda_line" != "cuda ok"* ]] && [ "$DRY" = 0 ] && [ "$DEVICE" = cuda ]; t
   echo "gpu_check: $cuda_line" >&2
   exit 2
 fi
+
+# -- dependencies: the carried wheels, if any, go to /tmp/site ------------------------------
+if compgen -G ".whl/*.whl" >/dev/null; then
+  if [ "$DRY" = 1 ]; then
+    echo "would install: $(find .whl -name '*.whl' | wc -l) wheels from .whl/ into /tmp/site"
+  else
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD"
+  fi
+fi
+export PYTHONPATH="${PYTHONPATH:-$PWD}"
+case ":$PYTHONPATH:" in *":$PWD:"*) ;; *) export PYTHONPATH="$PYTHONPATH:$PWD" ;; esac
 
 RAW="$RESULTS/raw/Task01_GPUCheck"
 STORE="$RESULTS/gpu_check.zarr"
