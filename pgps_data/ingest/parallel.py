@@ -3,7 +3,13 @@
 Locally dask's multiprocessing scheduler runs the tasks in spawned worker processes that
 die with the parent (so a killed conversion never leaves a writer behind that could race a
 rerun); one worker runs them in this process; a ``dask.distributed`` address sends them
-to a cluster whose workers see the same file system.
+to a cluster whose workers see the same file system. Progress bars draw on stderr.
+
+Stopping: the workers ignore Ctrl-C (the terminal sends SIGINT to the whole process group;
+a worker interrupted while importing or mid-case would print a traceback of its own, and
+one interrupted inside a task would carry on with the next case). The parent alone turns
+the signal into an exception, which leaves :func:`run_per_case` and the pool's ``with``
+block; whoever holds the pool stops the workers (``interrupts.workers_stopped_on_interrupt``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,6 +30,7 @@ import dask
 from dask.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pgps_data.console import progress_console
 from pgps_data.errors import PGPSInputError
 
 
@@ -37,8 +45,9 @@ def worker_pool(workers: int, scheduler: str | None = None) -> Iterator[Executor
         yield None
         return
     with _single_threaded_children(), ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
     ) as pool:
+        _start_workers(pool, workers)
         yield pool
 
 
@@ -101,6 +110,37 @@ def _single_threaded_children() -> Iterator[None]:
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
+def _start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Start every worker now, with SIGINT ignored from their first instruction on.
+
+    The pool starts one process per ``submit`` while none is idle, and an ignored signal
+    stays ignored across ``exec``, so Python in the child never installs its Ctrl-C
+    handler (the initializer runs only after seconds of imports).
+    """
+    with _sigint_ignored():
+        for _ in range(workers):
+            pool.submit(os.getpid)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block (main thread only; else a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_init() -> None:
+    """Each worker: dies with its parent, leaves Ctrl-C to the parent (module doc)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when its parent dies (no orphan writers)."""
     if sys.platform.startswith("linux"):
@@ -132,11 +172,13 @@ def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:
 
 
 def _progress(quiet: bool) -> Progress:
+    """One bar per pass, on stderr (stdout carries the results and may be a closed pipe)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        console=progress_console(),
         disable=quiet,
         transient=False,
     )

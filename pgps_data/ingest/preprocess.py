@@ -10,13 +10,14 @@ channels are clipped to the dataset's foreground 0.5/99.5 percentiles and scaled
 foreground mean/std; other channels get a per-case z-score (within the non-zero mask when
 the dataset's median cropped/uncropped size ratio is below 3/4: ``use_mask_for_norm``);
 resampling to the dataset's median spacing (10th percentile on a strongly anisotropic
-axis), images with cubic splines and labels with one-hot linear interpolation, the
-anisotropic axis with nearest neighbour (see :mod:`pgps_data.ingest.resample`).
+axis), images with cubic splines and labels by the argmax of their linearly interpolated
+one-hot masks, the anisotropic axis with nearest neighbour (see :mod:`pgps_data.ingest.resample`).
 
-One deliberate difference: nnU-Net marks the background outside the non-zero mask as
-label -1 and later maps it to 0; our labels are uint8 and keep 0 there, which gives the
-same foreground after resampling (labels are written in ascending order, so the split of
-background into -1/0 never changes a foreground voxel).
+nnU-Net marks the background outside the non-zero mask as label -1 before resampling, and
+its label resampling takes the argmax over all labels, so that region is a label of its
+own there; we resample with it the same way (the same label map, voxel for voxel) and
+store 0 for it: our labels are uint8, and nnU-Net's training maps -1 to 0 anyway
+(``RemoveLabelTansform(-1, 0)``).
 """
 
 from __future__ import annotations
@@ -286,7 +287,10 @@ def preprocess_case(
     out_image = resample_to_shape(normed, new_shape, src, tgt, order=3, order_z=0)
     out_label = None
     if cropped_label is not None:
-        out_label = resample_label_to_shape(cropped_label, new_shape, src, tgt, label_values)
+        outside = ~mask_full[region]  # nnU-Net's -1 (crop_to_nonzero's nonzero_label)
+        out_label = resample_label_to_shape(
+            cropped_label, new_shape, src, tgt, label_values, outside=outside
+        )
     props = {
         "shape_before_crop": [int(s) for s in image.shape[1:]],
         "bbox": bbox,

@@ -1,20 +1,20 @@
-"""Fast resampling with nnU-Net v2's semantics (images, label maps, probability maps).
+"""Resampling with nnU-Net v2's semantics (images, label maps, probability maps).
 
 nnU-Net resamples with ``skimage.transform.resize(mode="edge", anti_aliasing=False)``,
 i.e. ``scipy.ndimage.zoom(..., mode="nearest", grid_mode=True)`` followed by a clip to
 the input's range, in float64, voxel by voxel with 4**3 taps. That operation is linear
-and separable: padding, the B-spline prefilter and the tensor-product interpolation all
-act on one axis at a time. So we build, once per (n_in, n_out, order), the exact 1D
-operator matrix by running scipy's own zoom on impulses, and apply it axis by axis as
-banded float32 matrix products (BLAS). The result equals nnU-Net's up to float32
-rounding, at a fraction of the cost.
+and separable (padding, the B-spline prefilter and the tensor-product interpolation all
+act on one axis at a time), so we apply it axis by axis in float32
+(:mod:`pgps_data.ingest.resample_axis`): the result equals nnU-Net's up to float32
+rounding, at a fraction of the cost, and is the same to the bit on every machine, BLAS
+kernel, thread and worker count (no matrix products).
 
 nnU-Net's anisotropy rule is reproduced: if max/min spacing exceeds 3 (source spacing
 checked first, then target) and exactly one axis has the largest spacing, that axis is
 resampled separately with nearest neighbour (``order_z=0``) while the in-plane axes use
 the requested order; in-plane results are clipped per slice as nnU-Net's per-slice
-``resize`` calls do. Label maps use nnU-Net's ``resize_segmentation``: one-hot per label
-present, linear, ``>= 0.5`` wins, labels written in ascending order.
+``resize`` calls do. Label maps follow nnU-Net 2.8.1 exactly, argmax over the labels'
+linearly interpolated one-hot masks (:mod:`pgps_data.ingest.resample_labels`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 
+from pgps_data.ingest.resample_axis import axis_operator
+from pgps_data.ingest.resample_labels import resize_foreground
+
 ANISO_THRESHOLD = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
-_BLOCK = 64  # output rows per banded matrix block
-_TINY = 1e-9  # operator weights below this are dropped (far below float32 resolution)
+OUTSIDE = -1  # nnU-Net's label for background outside the non-zero mask (crop_to_nonzero)
 
 
 def compute_new_shape(
@@ -67,9 +69,10 @@ def resample_to_shape(
 ) -> np.ndarray:
     """Resample every channel of ``data`` (C, Z, Y, X) to ``new_shape`` → float32.
 
-    ``order`` 0, 1 or 3 (spline order as in skimage/scipy); the anisotropy rule uses the
-    spacings only to pick the separate axis, which gets ``order_z``. Output is clipped to
-    the input range like skimage's ``resize(clip=True)``.
+    ``order`` 0-5 (spline order as in skimage/scipy; nnU-Net uses 3 for images and 1 for
+    probabilities); the anisotropy rule uses the spacings only to pick the separate axis,
+    which gets ``order_z``. Output is clipped to the input range like skimage's
+    ``resize(clip=True)``.
     """
     if data.ndim != 4:
         raise ValueError(f"expected (C, Z, Y, X), got shape {data.shape}")
@@ -101,10 +104,11 @@ def resample_label(
     spacing_to: Sequence[float],
     labels: Sequence[int] | None = None,
     mode: str = "onehot_linear",
+    outside: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a label map (Z, Y, X) to a new spacing → uint8 (nnU-Net's rule and shape)."""
     shape = compute_new_shape(label.shape, spacing_from, spacing_to)
-    return resample_label_to_shape(label, shape, spacing_from, spacing_to, labels, mode)
+    return resample_label_to_shape(label, shape, spacing_from, spacing_to, labels, mode, outside)
 
 
 def resample_label_to_shape(
@@ -114,15 +118,18 @@ def resample_label_to_shape(
     spacing_to: Sequence[float],
     labels: Sequence[int] | None = None,
     mode: str = "onehot_linear",
+    outside: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample a label map (Z, Y, X) to ``new_shape`` → uint8.
 
-    ``mode="onehot_linear"`` is nnU-Net's ``resize_segmentation(order=1)``: for each label
-    present (ascending; ``labels`` restricts the set, background 0 is implicit) the one-hot
-    mask is interpolated linearly and voxels with value >= 0.5 take that label. Only the
-    label's bounding box is computed, which makes small structures cheap. With the
-    anisotropy rule the separate axis uses nearest neighbour on the label map, as nnU-Net's
-    ``order_z=0`` does. ``mode="nearest"`` is order 0 on every axis.
+    ``mode="onehot_linear"`` is nnU-Net 2.8.1's segmentation resampling (its
+    ``resample_data_or_seg(is_seg=True, order=1, order_z=0)``): each voxel takes the label
+    whose linearly interpolated one-hot mask scores highest, exact ties to the nearest
+    neighbour's label (:mod:`pgps_data.ingest.resample_labels`); with the anisotropy rule
+    per slice in plane, then nearest neighbour across slices. ``outside`` (bool, same
+    shape) marks the background nnU-Net labels -1, outside the non-zero mask: a label of
+    its own in the argmax, written as 0 like all background. Values not in ``labels``
+    (when given) count as background. ``mode="nearest"`` is order 0 on every axis.
     """
     if label.ndim != 3:
         raise ValueError(f"expected (Z, Y, X), got shape {label.shape}")
@@ -140,31 +147,21 @@ def resample_label_to_shape(
         for a in range(3):
             out = np.take(out, _nearest_index(lab.shape[a], new_shape[a], "zoom"), axis=a)
         return np.ascontiguousarray(out)
+    seg = lab.astype(np.int16)
+    if labels is not None:
+        seg[~np.isin(lab, np.asarray(list(labels), dtype=np.int64))] = 0
+    if outside is not None:
+        if outside.shape != lab.shape:
+            raise ValueError(f"outside mask {outside.shape} != label shape {lab.shape}")
+        seg[outside & (seg == 0)] = OUTSIDE
     axis = separate_axis(spacing_from, spacing_to)
-    linear_axes = [a for a in range(3) if a != axis]
     mid_shape = list(new_shape)
     if axis is not None:
-        mid_shape[axis] = lab.shape[axis]
-    out = np.zeros(mid_shape, dtype=np.uint8)
-    present = [int(v) for v in np.unique(lab) if v != 0]
-    if labels is not None:
-        present = [v for v in present if v in {int(x) for x in labels}]
-    for value in present:
-        mask = lab == value
-        box = _bbox(mask)  # along the separate axis nothing mixes: the box stays as is
-        sub = mask[tuple(slice(lo, hi) for lo, hi in box)].astype(np.float32)
-        ranges = [list(b) for b in box]
-        for a in linear_axes:
-            if lab.shape[a] == mid_shape[a]:
-                continue
-            op = _operator(lab.shape[a], mid_shape[a], 1)
-            sub, (o0, o1) = op.apply(sub, a, ranges[a][0], ranges[a][1])
-            ranges[a] = [o0, o1]
-        region = tuple(slice(lo, hi) for lo, hi in ranges)
-        out[region][sub >= 0.5] = value
+        mid_shape[axis] = lab.shape[axis]  # in plane only: every slice on its own
+    out = resize_foreground(seg, mid_shape)  # background (0 and -1) comes out as 0
     if axis is not None and lab.shape[axis] != new_shape[axis]:
         out = np.take(out, _nearest_index(lab.shape[axis], new_shape[axis], "map"), axis=axis)
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out.astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- internals
@@ -186,7 +183,7 @@ def _resample_volume(
     out = vol
     for a in axes:
         if vol.shape[a] != new_shape[a]:
-            out, _ = _operator(vol.shape[a], new_shape[a], order).apply(out, a)
+            out = axis_operator(vol.shape[a], new_shape[a], order).apply(out, a)
     if axis is None:
         np.clip(out, vol.min(), vol.max(), out=out)
         return out
@@ -199,17 +196,8 @@ def _resample_volume(
         if order_z == 0:
             out = np.take(out, _nearest_index(vol.shape[axis], new_shape[axis], "map"), axis=axis)
         else:  # nnU-Net's map_coordinates(order=order_z, mode="nearest") along that axis
-            out, _ = _operator(vol.shape[axis], new_shape[axis], order_z, "map").apply(out, axis)
+            out = axis_operator(vol.shape[axis], new_shape[axis], order_z, "map").apply(out, axis)
     return np.ascontiguousarray(out)
-
-
-def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
-    box = []
-    for a in range(mask.ndim):
-        other = tuple(b for b in range(mask.ndim) if b != a)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append((int(hit[0]), int(hit[-1]) + 1))
-    return box
 
 
 @lru_cache(maxsize=512)
@@ -228,66 +216,3 @@ def _nearest_index(n_in: int, n_out: int, how: str) -> np.ndarray:
     if idx.shape[0] != n_out:
         raise RuntimeError(f"nearest index length {idx.shape[0]} != {n_out}")
     return np.rint(idx).astype(np.intp)
-
-
-class _AxisOperator:
-    """Exact 1D resampling matrix (n_out, n_in), applied as banded float32 products."""
-
-    def __init__(self, matrix: np.ndarray):
-        matrix = np.where(np.abs(matrix) < _TINY, 0.0, matrix)
-        self.n_out, self.n_in = matrix.shape
-        self.w = matrix.astype(np.float32)
-        nz = matrix != 0
-        has = nz.any(axis=1)
-        self.first = np.where(has, nz.argmax(axis=1), self.n_in)
-        self.last = np.where(has, self.n_in - nz[:, ::-1].argmax(axis=1), 0)  # exclusive
-
-    def apply(
-        self, x: np.ndarray, axis: int, lo: int = 0, hi: int | None = None
-    ) -> tuple[np.ndarray, tuple[int, int]]:
-        """Apply along ``axis`` to ``x`` holding source indices [lo, hi).
-
-        Samples outside [lo, hi) are taken as zero (exact for masks cut to their bbox, and
-        the whole axis by default). Returns the output rows that can be non-zero and their
-        range [o0, o1).
-        """
-        hi = self.n_in if hi is None else hi
-        if x.shape[axis] != hi - lo:
-            raise ValueError("x does not match the source range")
-        touches = (self.first < hi) & (self.last > lo)
-        rows = np.flatnonzero(touches)
-        o0, o1 = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
-        pre = int(np.prod(x.shape[:axis]))
-        post = int(np.prod(x.shape[axis + 1 :]))
-        x3 = np.ascontiguousarray(x, dtype=np.float32).reshape(pre, hi - lo, post)
-        y3 = np.zeros((pre, o1 - o0, post), dtype=np.float32)
-        for b0 in range(o0, o1, _BLOCK):
-            b1 = min(b0 + _BLOCK, o1)
-            i0 = max(int(self.first[b0:b1].min()), lo)
-            i1 = min(int(self.last[b0:b1].max()), hi)
-            if i1 <= i0:
-                continue
-            w = self.w[b0:b1, i0:i1]
-            xs = x3[:, i0 - lo : i1 - lo, :]
-            if post == 1:
-                y3[:, b0 - o0 : b1 - o0, 0] = xs[:, :, 0] @ w.T
-            else:
-                y3[:, b0 - o0 : b1 - o0, :] = np.matmul(w, xs)
-        shape = list(x.shape)
-        shape[axis] = o1 - o0
-        return y3.reshape(shape), (o0, o1)
-
-
-@lru_cache(maxsize=256)
-def _operator(n_in: int, n_out: int, order: int, how: str = "zoom") -> _AxisOperator:
-    """The exact operator scipy applies along one axis (built from impulses, float64)."""
-    eye = np.eye(n_in, dtype=np.float64)
-    if how == "zoom":  # skimage.resize(mode="edge") == ndi.zoom(mode="nearest", grid_mode=True)
-        cols = ndi.zoom(eye, (n_out / n_in, 1.0), order=order, mode="nearest", grid_mode=True)
-    else:  # nnU-Net's separate-axis map_coordinates with mode="nearest"
-        coords = float(n_in) / n_out * (np.arange(n_out) + 0.5) - 0.5
-        grid = np.stack(np.meshgrid(coords, np.arange(n_in), indexing="ij"))
-        cols = ndi.map_coordinates(eye, grid, order=order, mode="nearest")
-    if cols.shape != (n_out, n_in):
-        raise RuntimeError(f"operator shape {cols.shape} != {(n_out, n_in)}")
-    return _AxisOperator(cols)
