@@ -18,6 +18,7 @@ import numpy as np
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.foreground import foreground_indices
+from pgps_data.ingest.entries import check_case_id, show
 from pgps_data.ingest.layouts import CaseSpec, DatasetSpec
 from pgps_data.ingest.preprocess import FINGERPRINT_SEED, crop_to_nonzero, preprocess_case
 from pgps_data.ingest.readers import Volume, check_finite, geometry_dict, read_volume
@@ -140,10 +141,19 @@ def convert_case(
     store_path: Path,
     plan: dict[str, Any],
 ) -> dict[str, Any]:
-    """Read, check, preprocess and write one case; returns its summary or its error."""
+    """Read, check, preprocess and write one case; returns its summary or its error.
+
+    The case id becomes the folder ``cases/<id>`` of the store, so it is checked again
+    here (a CaseSpec may be built by hand, not by ``discover``) before anything is read
+    or written.
+    """
     from pgps_data.store_write import write_case  # keep worker import light
 
     try:
+        unsafe = check_case_id(case.case_id)
+        if unsafe is not None:
+            where = show(case.image_paths[0]) if case.image_paths else spec.root
+            raise PGPSInputError(f"{where}: {unsafe}; case refused")
         loaded = load_case(spec, case)
         image, label, props = preprocess_case(
             loaded.image,

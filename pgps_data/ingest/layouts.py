@@ -6,11 +6,14 @@ Nothing is opened except dataset.json and directory listings; every case that ca
 used is reported as one line in ``DatasetSpec.problems`` and left out, so the rest of the
 dataset still converts.
 
-Safety: an entry that points outside the dataset folder (absolute path, ``..``, or a
-symlink that resolves outside) is refused before anything opens it. Case ids must be
-unique: ids that repeat are refused together (every entry named), and an id used by both
-a training and a test case keeps the training case (the labelled one) and refuses the
-test case. macOS ``._*`` resource-fork files (shipped in the MSD tarballs) are ignored.
+Safety (see :mod:`pgps_data.ingest.entries`): an entry whose text is absolute or holds
+``..`` is refused before anything opens it; symlinks inside the dataset folder are
+followed wherever they point, and counted (``DatasetSpec.symlinked_cases``). Every case id
+must be a safe folder name (:func:`check_case_id`) before any path is built from it. Case
+ids must be unique: ids that repeat are refused together (every entry named), and an id
+used by both a training and a test case keeps the training case (the labelled one) and
+refuses the test case. A label value (or MSD label name) declared twice refuses
+dataset.json. macOS ``._*`` resource-fork files (shipped in the MSD tarballs) are ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgps_data.errors import PGPSInputError, read_json
+from pgps_data.errors import PGPSInputError
+from pgps_data.ingest.dataset_json import (
+    channel_list,
+    duplicates,
+    msd_labels,
+    nnunet_labels,
+    read_dataset_json,
+)
+from pgps_data.ingest.entries import (
+    check_case_id,
+    dangling_folder,
+    resolve_entry,
+    show,
+    through_symlink,
+)
+
+__all__ = ["CaseSpec", "DatasetSpec", "check_case_id", "discover"]
 
 NORMALISATION_NAMES = {
     "ct": "CT",
@@ -60,6 +79,7 @@ class DatasetSpec:
     test: list[CaseSpec] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # cases left out, one line each
     warnings: list[str] = field(default_factory=list)  # noted, nothing left out
+    symlinked_cases: int = 0  # cases with a file (or folder) that is a symlink; in warnings
 
 
 def discover(raw_dir: str | Path) -> DatasetSpec:
@@ -77,9 +97,7 @@ def discover(raw_dir: str | Path) -> DatasetSpec:
     meta_path = root / "dataset.json"
     if not root.is_dir():
         raise PGPSInputError(f"{root}: not a directory (give the raw dataset folder)")
-    meta = read_json(meta_path, "an MSD or nnU-Net raw dataset needs one")
-    if not isinstance(meta, dict):
-        raise PGPSInputError(f"{meta_path}: must hold a JSON object")
+    meta = read_dataset_json(meta_path)
     if "channel_names" in meta and "file_ending" in meta:
         spec = _nnunet(root, meta, meta_path)
     elif "modality" in meta and "training" in meta:
@@ -90,6 +108,7 @@ def discover(raw_dir: str | Path) -> DatasetSpec:
             "(channel_names, file_ending) layout"
         )
     _check_unique(spec)
+    _count_symlinks(spec)
     return spec
 
 
@@ -97,16 +116,8 @@ def discover(raw_dir: str | Path) -> DatasetSpec:
 
 
 def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
-    channel_names = _channel_list(meta["modality"], meta_path, "modality")
-    raw_labels = meta.get("labels")
-    if not isinstance(raw_labels, dict) or not raw_labels:
-        raise PGPSInputError(f"{meta_path}: 'labels' must map values to names")
-    labels: dict[str, int | list[int]] = {}
-    for value, name in raw_labels.items():
-        try:
-            labels[str(name)] = int(value)
-        except ValueError as exc:
-            raise PGPSInputError(f"{meta_path}: label value {value!r} is not an integer") from exc
+    channel_names = channel_list(meta["modality"], meta_path, "modality")
+    labels = msd_labels(meta.get("labels"), meta_path)
     spec = _spec("msd", root, meta, channel_names, labels, meta_path)
     training = meta.get("training") or []
     if not isinstance(training, list):
@@ -118,10 +129,13 @@ def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
             continue
         if _is_junk(entry["image"]) or _is_junk(entry["label"]):
             continue
-        image = _inside(root, entry["image"], where, spec.problems)
-        label = _inside(root, entry["label"], where, spec.problems)
+        case_id = _msd_case_id(entry["image"], where, spec.problems)
+        if case_id is None:
+            continue
+        image = resolve_entry(root, entry["image"], where, spec.problems)
+        label = resolve_entry(root, entry["label"], where, spec.problems)
         if image and label:
-            spec.training.append(CaseSpec(_case_id(image, None), [image], label, False))
+            spec.training.append(CaseSpec(case_id, [image], label, False))
     test = meta.get("test") or []
     for n, entry in enumerate(test if isinstance(test, list) else []):
         where = f"{meta_path}: test[{n}]"
@@ -132,9 +146,10 @@ def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
             continue
         if _is_junk(entry):
             continue
-        image = _inside(root, entry, where, spec.problems)
-        if image:
-            spec.test.append(CaseSpec(_case_id(image, None), [image], None, True))
+        case_id = _msd_case_id(entry, where, spec.problems)
+        image = resolve_entry(root, entry, where, spec.problems) if case_id else None
+        if case_id and image:
+            spec.test.append(CaseSpec(case_id, [image], None, True))
     _count(spec, meta, "numTraining", len(spec.training), meta_path)
     return spec
 
@@ -143,32 +158,30 @@ def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
 
 
 def _nnunet(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
-    channel_names = _channel_list(meta["channel_names"], meta_path, "channel_names")
-    raw_labels = meta.get("labels")
-    if not isinstance(raw_labels, dict) or not raw_labels:
-        raise PGPSInputError(f"{meta_path}: 'labels' must map names to values")
-    labels: dict[str, int | list[int]] = {}
-    for name, value in raw_labels.items():
-        values = value if isinstance(value, list | tuple) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise PGPSInputError(
-                f"{meta_path}: label {name!r} must be an integer or a list of them"
-            )
-        labels[str(name)] = list(values) if isinstance(value, list | tuple) else int(value)
+    channel_names = channel_list(meta["channel_names"], meta_path, "channel_names")
+    labels = nnunet_labels(meta.get("labels"), meta_path)
     ending = meta["file_ending"]
     if not isinstance(ending, str) or not ending.startswith("."):
         raise PGPSInputError(f"{meta_path}: 'file_ending' must look like '.nii.gz'")
     spec = _spec("nnunet", root, meta, channel_names, labels, meta_path)
     n_ch = len(channel_names)
     if isinstance(meta.get("dataset"), dict):  # explicit paths, relative to the root
+        twice = {key for key, _, _ in duplicates(meta["dataset"])}
         for case_id, entry in sorted(meta["dataset"].items()):
             where = f"{meta_path}: dataset[{case_id!r}]"
+            unsafe = check_case_id(case_id)
+            if unsafe is not None:
+                spec.problems.append(f"{where}: {unsafe}; rename the entry; case refused")
+                continue
+            if case_id in twice:
+                spec.problems.append(f"{where}: case id given twice in 'dataset'; both refused")
+                continue
             imgs = entry.get("images") if isinstance(entry, dict) else None
             if not isinstance(imgs, list) or len(imgs) != n_ch or "label" not in entry:
                 spec.problems.append(f"{where}: needs {n_ch} 'images' and a 'label'; case skipped")
                 continue
-            paths = [_inside(root, p, where, spec.problems) for p in imgs]
-            label = _inside(root, entry["label"], where, spec.problems)
+            paths = [resolve_entry(root, p, where, spec.problems) for p in imgs]
+            label = resolve_entry(root, entry["label"], where, spec.problems)
             if all(paths) and label:
                 spec.training.append(CaseSpec(str(case_id), paths, label, False))  # type: ignore[arg-type]
     else:
@@ -184,7 +197,10 @@ def _nnunet_folder(
 ) -> list[CaseSpec]:
     folder = root / images
     if not folder.is_dir():
-        if labels is not None:
+        dangling = dangling_folder(folder)
+        if dangling is not None:
+            problems.append(f"{dangling}; no {'training' if labels else 'test'} cases found")
+        elif labels is not None:
             problems.append(f"{folder}: missing; no training cases found")
         return []
     pattern = re.compile(r"(.+)_(\d{4})" + re.escape(ending))
@@ -194,7 +210,13 @@ def _nnunet_folder(
             continue
         m = pattern.fullmatch(name)
         if m is None:
-            problems.append(f"{folder / name}: not named <case>_<channel:04d>{ending}; ignored")
+            problems.append(
+                f"{show(folder / name)}: not named <case>_<channel:04d>{ending}; ignored"
+            )
+            continue
+        unsafe = check_case_id(m.group(1))
+        if unsafe is not None:
+            problems.append(f"{show(folder / name)}: {unsafe}; rename the file; case refused")
             continue
         found.setdefault(m.group(1), set()).add(int(m.group(2)))
     cases = []
@@ -207,12 +229,12 @@ def _nnunet_folder(
             problems.append(f"{where}: {what} for {n_ch} declared channel(s); case skipped")
             continue
         paths = [
-            _inside(root, f"{images}/{case_id}_{c:04d}{ending}", where, problems)
+            resolve_entry(root, f"{images}/{case_id}_{c:04d}{ending}", where, problems)
             for c in range(n_ch)
         ]
         label = None
         if labels is not None:
-            label = _inside(root, f"{labels}/{case_id}{ending}", where, problems)
+            label = resolve_entry(root, f"{labels}/{case_id}{ending}", where, problems)
             if label is None:
                 continue
         if all(paths):
@@ -230,6 +252,8 @@ def _orphan_labels(root: Path, ending: str, spec: DatasetSpec) -> None:
         if _is_junk(name) or not name.endswith(ending):
             continue
         case_id = name[: -len(ending)]
+        if check_case_id(case_id) is not None:
+            continue  # never a case: its images (if any) are refused by name already
         if case_id not in known and f"/{case_id}:" not in failed:
             spec.warnings.append(f"{folder / name}: label without images in imagesTr; ignored")
 
@@ -270,47 +294,35 @@ def _spec(
     )
 
 
-def _channel_list(raw: Any, meta_path: Path, key: str) -> list[str]:
-    if not isinstance(raw, dict) or not raw:
-        raise PGPSInputError(f"{meta_path}: '{key}' must map channel index to name")
-    try:
-        items = sorted((int(k), str(v)) for k, v in raw.items())
-    except ValueError as exc:
-        raise PGPSInputError(f"{meta_path}: '{key}' keys must be channel indices") from exc
-    if [k for k, _ in items] != list(range(len(items))):
-        raise PGPSInputError(f"{meta_path}: '{key}' indices must be 0..{len(items) - 1}")
-    return [v for _, v in items]
-
-
-def _inside(root: Path, entry: Any, where: str, problems: list[str]) -> str | None:
-    """Absolute path of ``entry`` under ``root``, or None (problem recorded, not opened)."""
+def _msd_case_id(entry: Any, where: str, problems: list[str]) -> str | None:
+    """The case id an MSD image entry gives (its file name less the ending), if safe."""
     if not isinstance(entry, str) or not entry:
         problems.append(f"{where}: {entry!r} is not a file path; case skipped")
         return None
-    if os.path.isabs(entry) or ".." in Path(entry).parts:
-        problems.append(f"{where}: {entry!r} points outside the dataset folder; case refused")
+    from pgps_data.ingest.readers import file_ending
+
+    name = Path(entry).name
+    ending = file_ending(name) or Path(name).suffix
+    case_id = name[: -len(ending)] if ending and name.endswith(ending) else name
+    unsafe = check_case_id(case_id)
+    if unsafe is not None:
+        problems.append(f"{where}: {entry!r}: {unsafe}; rename the file; case refused")
         return None
-    base = root.resolve()
-    path = base / entry
-    real = Path(os.path.realpath(path))
-    if real != base and base not in real.parents:
-        problems.append(
-            f"{where}: {entry!r} resolves outside the dataset folder ({real}); case refused"
+    return case_id
+
+
+def _count_symlinks(spec: DatasetSpec) -> None:
+    cases = spec.training + spec.test
+    root = Path(spec.root)
+    linked = sum(
+        any(through_symlink(root, p) for p in [*c.image_paths, c.label_path] if p) for c in cases
+    )
+    spec.symlinked_cases = linked
+    if linked:
+        spec.warnings.append(
+            f"{spec.root}: {linked} of {len(cases)} cases are read through symlinks "
+            "(files or folders)"
         )
-        return None
-    if not real.is_file():
-        problems.append(f"{where}: {entry!r} is missing; case skipped")
-        return None
-    return str(path)
-
-
-def _case_id(path: str, ending: str | None) -> str:
-    name = Path(path).name
-    if ending is None:
-        from pgps_data.ingest.readers import file_ending
-
-        ending = file_ending(name) or Path(name).suffix
-    return name[: -len(ending)] if ending and name.endswith(ending) else name
 
 
 def _is_junk(entry: Any) -> bool:
@@ -332,7 +344,7 @@ def _check_unique(spec: DatasetSpec) -> None:
             same = groups[case.case_id]
             if len(same) > 1:
                 if case is same[0]:
-                    files = ", ".join(c.image_paths[0] for c in same)
+                    files = ", ".join(show(c.image_paths[0]) for c in same)
                     spec.problems.append(
                         f"{spec.root}: case id {case.case_id!r} is used by "
                         f"{len(same)} {attr} entries ({files}); all refused"
@@ -345,7 +357,7 @@ def _check_unique(spec: DatasetSpec) -> None:
     for case in spec.test:
         if case.case_id in train_ids:
             spec.problems.append(
-                f"{case.image_paths[0]}: test case id {case.case_id!r} is also a "
+                f"{show(case.image_paths[0])}: test case id {case.case_id!r} is also a "
                 "training case; the test case is refused"
             )
         else:

@@ -11,6 +11,7 @@ spacing and direction.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ def read_volume(path: str | Path, channels: int | None = None) -> Volume:
     if ending is None:
         raise PGPSInputError(f"{path}: unknown file type (expected one of {', '.join(ENDINGS)})")
     if not Path(path).is_file():
+        if Path(path).is_symlink() and not Path(path).exists():
+            raise PGPSInputError(
+                f"{path}: dangling symlink -> {os.readlink(path)} (its target does not exist)"
+            )
         raise PGPSInputError(f"{path}: file not found")
     if ending in NIFTI_ENDINGS:
         vol = _read_nifti(path)
