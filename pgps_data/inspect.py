@@ -1,8 +1,14 @@
-"""`pgps-inspect OUT.zarr [--json]`: what a store holds, for people and machines.
+"""`pgps-inspect OUT.zarr [--json] [--verify]`: what a store holds, for people and machines.
 
 Prints the dataset (layout, channels, labels, target spacing, chunk and shard shapes,
-codec, size on disk, per-label foreground fraction) and one row per case (shape, source
-spacing, per-label foreground fraction; an absent label shows as "absent").
+codec, size on disk, per-label foreground fraction, whether the conversion finished and
+which cases are missing) and one row per case (shape, source spacing, per-label
+foreground fraction; an absent label shows as "absent"). ``--verify`` then reads every
+chunk of every array and checks its crc32c (:mod:`pgps_data.store_verify`): one line per
+bad chunk, a summary, exit status 1 if anything is bad.
+
+Table cells are plain text, never Rich markup: "[conversion incomplete]", or a case id
+with brackets, prints as written.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pgps_data.console import progress_console, protect_stdout
 from pgps_data.errors import PGPSInputError
 from pgps_data.store import Store, open_store
 
@@ -44,7 +51,9 @@ def describe(store: Store) -> dict[str, Any]:
         "store": str(store.path),
         "dataset_name": meta.get("dataset_name"),
         "source_layout": meta.get("source_layout"),
-        "complete": bool(meta.get("complete")),
+        "complete": store.complete,
+        "missing_cases": store.missing_cases,
+        "broken_cases": store.broken_cases,
         "training_cases": len(store.case_ids),
         "test_cases": len(store.test_ids),
         "channel_names": meta.get("channel_names"),
@@ -68,15 +77,19 @@ def print_table(desc: dict[str, Any]) -> None:
     """Render :func:`describe`'s output as rich tables."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     layout = desc["layout"] or {}
     names = _label_names(desc["labels"] or {})
-    head = Table(title=f"pgps store {desc['store']}", show_header=False)
+    head = Table(title=Text(f"pgps store {desc['store']}"), show_header=False)
+    missing = desc["missing_cases"] + sorted(set(desc["broken_cases"]) - set(desc["missing_cases"]))
     for key, value in [
         ("dataset", f"{desc['dataset_name']} (from {desc['source_layout']} layout)"),
         ("cases", f"{desc['training_cases']} training, {desc['test_cases']} test"
                   + ("" if desc["complete"] else "  [conversion incomplete]")),
+        *([("missing cases", f"{len(missing)}: {', '.join(missing)} (rerun pgps-convert with "
+                             "the same arguments to finish them)")] if missing else []),
         ("channels", ", ".join(f"{n} ({m})" for n, m in
                                zip(desc["channel_names"], desc["modalities"]))),
         ("labels", json.dumps(desc["labels"]) +
@@ -88,7 +101,7 @@ def print_table(desc: dict[str, Any]) -> None:
         ("foreground fraction", ", ".join(
             f"{names.get(v, v)} {f:.4%}" for v, f in desc["foreground_fraction"].items())),
     ]:
-        head.add_row(key, str(value))
+        head.add_row(Text(key), Text(str(value)))
     console.print(head)
     label_keys = sorted({v for c in desc["cases"] for v in c["foreground_fraction"]}, key=int)
     table = Table(title="cases")
@@ -97,7 +110,7 @@ def print_table(desc: dict[str, Any]) -> None:
     table.add_column("shape (Z, Y, X)")
     table.add_column("source spacing (mm)")
     for v in label_keys:
-        table.add_column(f"{names.get(v, v)} %", justify="right")
+        table.add_column(Text(f"{names.get(v, v)} %"), justify="right")
     for c in desc["cases"]:
         sp = c["source_spacing"]
         row = [c["case_id"], c["split"], "×".join(map(str, c["shape"])),
@@ -106,25 +119,56 @@ def print_table(desc: dict[str, Any]) -> None:
             n = c["foreground_voxels"].get(v)
             row.append("-" if n is None else ("absent" if n == 0 else
                                                f"{100 * c['foreground_fraction'][v]:.3f}"))
-        table.add_row(*row)
+        table.add_row(*map(Text, row))
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_stdout()
     p = argparse.ArgumentParser(prog="pgps-inspect", description="Describe a pgps store.")
     p.add_argument("store", help="a store made by pgps-convert")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every chunk of every array and check its crc32c checksum; "
+        "exit status 1 if any chunk is bad",
+    )
     args = p.parse_args(argv)
     try:
-        desc = describe(open_store(args.store))
+        store = open_store(args.store)
+        desc = describe(store)
     except PGPSInputError as exc:
         print(f"pgps-inspect: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.json and not args.verify:
         print(json.dumps(desc, indent=2))
-    else:
+    elif not args.json:
         print_table(desc)
-    return 0
+    if not args.verify:
+        return 0
+    result = _verify(store, quiet=args.json)
+    if args.json:
+        print(json.dumps({**desc, "verify": result.as_dict()}, indent=2))
+    else:
+        print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _verify(store: Store, quiet: bool):  # noqa: ANN202
+    """Run :func:`verify_store` with a progress bar on stderr; bad lines printed as found."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pgps_data.store_verify import array_count, verify_store
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(f"bad: {line}", flush=True)
+
+    columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TextColumn("arrays"))
+    with Progress(*columns, console=progress_console(), transient=True) as bar:
+        task = bar.add_task("verify", total=array_count(store))
+        return verify_store(store, lambda n: bar.advance(task, n), say)
 
 
 def _shape(shape: list[int] | None) -> str:

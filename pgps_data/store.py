@@ -10,14 +10,17 @@ A store is a plain zarr v3 group (any zarr tool opens it)::
       test/<case_id>/image       unlabelled cases (imagesTs): never listed as training cases
 
 A case is listed only once its ``complete`` attribute has been written, which the writer
-(:mod:`pgps_data.store_write`) does last. ``case.read`` is the loader's hot path: it reads
-the chunk bytes of local stores itself (:mod:`pgps_data.zarr_fastread`) and falls back to
-zarr-python for stores that path cannot read (remote ones).
+(:mod:`pgps_data.store_write`) does last, and while all its arrays exist: a case whose
+array was deleted is not listed, so the store is not :attr:`Store.complete`.
+``case.read`` is the loader's hot path: it reads the chunk bytes of local stores itself
+(:mod:`pgps_data.zarr_fastread`) and falls back to zarr-python for stores that path cannot
+read (remote ones). Both verify every chunk's crc32c (:mod:`pgps_data.chunk_crc`): a
+corrupt chunk is one :class:`PGPSInputError` line naming case, array and chunk, never
+wrong voxels.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -27,7 +30,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pgps_data.chunk_crc import read_checked
 from pgps_data.errors import PGPSInputError
+from pgps_data.store_cases import scan_cases
 from pgps_data.zarr_fastread import FastArray, read_box_zarr
 
 FORMAT_VERSION = 1
@@ -58,20 +63,63 @@ def open_store(path: str | os.PathLike) -> Store:
     return Store(path, root, attrs)
 
 
+class NoSuchCase(PGPSInputError, KeyError):
+    """A case id the store does not list as complete (one line; also a ``KeyError``)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
 class Store:
     """An opened store: dataset metadata and its complete cases.
 
     ``case_ids`` are the complete training cases, sorted; ``test_ids`` the unlabelled
-    (imagesTs) cases, kept apart so they can never enter training.
+    (imagesTs) cases, kept apart so they can never enter training. :attr:`complete`,
+    :attr:`missing_cases` and :attr:`identity` say whether the conversion finished and
+    which store (and case contents) a training run was started on.
     """
 
     def __init__(self, path: Path, root: zarr.Group, attrs: dict[str, Any]):
         self.path = path
         self.root = root
         self.meta: dict[str, Any] = attrs
-        self.case_ids: list[str] = _complete_cases(path, root, TRAIN_GROUP)
-        self.test_ids: list[str] = _complete_cases(path, root, TEST_GROUP)
+        train, self._broken = scan_cases(path, root, TRAIN_GROUP, labelled=True)
+        test, broken_test = scan_cases(path, root, TEST_GROUP, labelled=False)
+        self._broken.update(broken_test)
+        self._attrs = {**train, **test}  # each listed case's attributes, read while listing
+        self.case_ids: list[str] = sorted(train)
+        self.test_ids: list[str] = sorted(test)
         self._cases: OrderedDict[str, Case] = OrderedDict()  # LRU: memory stays flat
+
+    @property
+    def missing_cases(self) -> list[str]:
+        """Ids in the root's ``training_cases`` that are not complete (not written, or an
+        array missing)."""
+        listed = set(self.case_ids)
+        return [c for c in self.meta.get("training_cases", []) if c not in listed]
+
+    @property
+    def complete(self) -> bool:
+        """The conversion finished (root ``complete``, written last) and no case is missing."""
+        return self.meta.get("complete") is True and not self.missing_cases
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run checks: the store's creation id and each case's checksum."""
+        return {
+            "creation_id": self.meta.get("creation_id"),
+            "cases": {cid: self._attrs[cid].get("checksum") for cid in self.case_ids},
+        }
+
+    def case_attrs(self, case_id: str) -> dict[str, Any]:
+        """A listed case's attributes as read when the store was opened (no array opened)."""
+        if case_id not in self._attrs:
+            raise self._no_case(case_id)
+        return dict(self._attrs[case_id])
+
+    @property
+    def broken_cases(self) -> dict[str, str]:
+        """Cases marked complete whose arrays are gone: {id: the one-line problem}."""
+        return {cid: str(self._no_case(cid)) for cid in sorted(self._broken)}
 
     def __getitem__(self, case_id: str) -> Case:
         case = self._cases.get(case_id)
@@ -83,12 +131,35 @@ class Store:
             elif case_id in self.test_ids:
                 group = TEST_GROUP
             else:
-                raise KeyError(f"{self.path}: no complete case {case_id!r}")
-            case = Case(case_id, self.root[f"{group}/{case_id}"], group == TEST_GROUP)
+                raise self._no_case(case_id)
+            where = f"{self.path}/{group}/{case_id}"
+            try:
+                node = self.root[f"{group}/{case_id}"]
+            except KeyError:
+                raise PGPSInputError(
+                    "case is missing (deleted after the store was opened?) "
+                    "(re-convert the case with pgps-convert or restore it)", path=where
+                ) from None
+            case = Case(case_id, node, group == TEST_GROUP, where=where)  # type: ignore[arg-type]
             self._cases[case_id] = case
             if len(self._cases) > CASE_CACHE:
                 self._cases.popitem(last=False)
         return case
+
+    def _no_case(self, case_id: str) -> NoSuchCase:
+        if case_id in self._broken:
+            group, problem = self._broken[case_id]
+            return NoSuchCase(
+                f"case is marked complete but {problem} "
+                "(re-convert the case with pgps-convert or restore it)",
+                path=f"{self.path}/{group}/{case_id}",
+            )
+        if case_id in self.meta.get("training_cases", []):
+            return NoSuchCase(
+                f"case {case_id!r} was never completely written (the conversion did not "
+                "finish: rerun pgps-convert with the same arguments)", path=self.path
+            )
+        return NoSuchCase(f"no case {case_id!r} (pgps-inspect lists the cases)", path=self.path)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -125,13 +196,16 @@ class Store:
 class Case:
     """One preprocessed case: arrays, metadata, foreground indices and the crop read."""
 
-    def __init__(self, case_id: str, group: zarr.Group, is_test: bool = False):
+    def __init__(
+        self, case_id: str, group: zarr.Group, is_test: bool = False, where: str | None = None
+    ):
         self.id = case_id
         self.group = group
         self.is_test = is_test
+        self.where = where or f"case {case_id}"  # for messages: <store>/cases/<id>
         self.meta: dict[str, Any] = dict(group.attrs)
-        self.image: zarr.Array = group["image"]  # type: ignore[assignment]
-        self.label: zarr.Array | None = None if is_test else group["label"]  # type: ignore
+        self.image: zarr.Array = self._array("image")
+        self.label: zarr.Array | None = None if is_test else self._array("label")
         self.shape: tuple[int, int, int] = tuple(self.image.shape[1:])  # type: ignore
         self.channels: int = int(self.image.shape[0])
         self._fast_image: FastArray | None | bool = False  # False = not tried yet
@@ -202,6 +276,17 @@ class Case:
             self.label is None or self._fast("label") is not None
         )
 
+    def _array(self, name: str) -> zarr.Array:
+        """``group[name]``; an array that vanished is one line naming case and array."""
+        try:
+            return self.group[name]  # type: ignore[return-value]
+        except KeyError:
+            raise PGPSInputError(
+                "array is missing (deleted after the store was opened?) "
+                "(re-convert the case with pgps-convert or restore it)",
+                path=f"{self.where}/{name}",
+            ) from None
+
     def _fast(self, which: str) -> FastArray | None:
         attr = f"_fast_{which}"
         fast = getattr(self, attr)
@@ -234,7 +319,8 @@ class Case:
         arr = self._fg.get(name)
         if arr is None:
             if name in self.meta.get("index_arrays", []):
-                arr = np.asarray(self.group[name][...], dtype=np.int64)
+                index = self._array(name)  # zarr-python verifies the crc; one line if bad
+                arr = np.asarray(read_checked(index, (0,) * index.ndim, index.shape), np.int64)
             else:
                 arr = np.zeros((0, 3), np.int64)
             self._fg[name] = arr
@@ -251,31 +337,3 @@ def _into(arr: np.ndarray, out: np.ndarray | None, dtype: Any) -> np.ndarray:
         return np.ascontiguousarray(arr)
     out[...] = arr
     return out
-
-
-def _complete_cases(path: Path, root: zarr.Group, group: str) -> list[str]:
-    """Sorted ids of the cases of ``group`` whose ``complete`` attribute is set.
-
-    Local stores are listed through the file system (one small JSON read per case);
-    anything unreadable counts as incomplete, never as an error.
-    """
-    folder = path / group
-    if folder.is_dir():
-        ids = []
-        for name in os.listdir(folder):
-            meta = folder / name / "zarr.json"
-            try:
-                with open(meta, "rb") as fh:
-                    doc = json.load(fh)
-            except (OSError, ValueError):
-                continue
-            if doc.get("attributes", {}).get("complete") is True:
-                ids.append(name)
-        return sorted(ids)
-    try:
-        sub = root[group]
-    except KeyError:
-        return []
-    return sorted(
-        name for name, child in sub.groups() if dict(child.attrs).get("complete") is True
-    )

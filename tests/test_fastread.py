@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.codecs import (
+    BloscCodec,
+    BytesCodec,
+    Crc32cCodec,
+    GzipCodec,
+    ShardingCodec,
+    ZstdCodec,
+)
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.layout import LAYOUTS, Layout, layout_attrs, write_array
@@ -73,6 +80,10 @@ def layouts():
         ),
         "unsharded-blosc": dict(chunks=(6, 8, 8), compressors=lz4),
         "unsharded-none": dict(chunks=(6, 8, 8), compressors=None),
+        "sharded-blosc-crc32c": dict(
+            chunks=(6, 8, 8), shards=(12, 16, 16), compressors=[lz4, Crc32cCodec()]
+        ),
+        "unsharded-crc32c": dict(chunks=(6, 8, 8), compressors=[Crc32cCodec()]),
         "unsharded-zstd-v2keys": dict(
             chunks=(6, 8, 8),
             compressors=ZstdCodec(level=1),

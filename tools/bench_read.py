@@ -4,6 +4,7 @@
                                [--chunk Z Y X] [--shard Z Y X | --no-shard]
                                [--compressor lz4|zstd|blosclz|none] [--clevel N]
                                [--shuffle shuffle|noshuffle|bitshuffle] [--dtype float32|float16]
+                               [--no-checksum]
 
 Builds one CT-like volume (about half constant air, smooth organs, bone, noise, z-scored
 the way nnU-Net normalises CT), writes it as zarr v3 with the default layout's codec and
@@ -19,6 +20,16 @@ Then, with a warm page cache, one process, side by side in one run:
 Ratio = time of copying the same boxes out of the memory-mapped .npy (``np.array(mm[box])``)
 ÷ time of the path (1.0 = the memory-copy limit). Amplification = bytes decoded or copied
 from mapped chunks ÷ bytes delivered. ``--quick`` runs a tiny volume in seconds (CI smoke).
+
+Checksums: every chunk carries a crc32c. The fast path is timed, on the same boxes and
+files, with each verification policy of :class:`FastArray` side by side, in rotating order
+(whichever runs first after the .npy copy pays for the cold cache): ``fast ms`` is the
+default policy (``once``: a chunk is verified the first time a process reads it; after the
+warm-up read that is steady state), ``always ms`` verifies every chunk on every read,
+``off ms`` verifies nothing. ``crc x`` = default ÷ off, the read cost of verification as
+shipped (goal: <= 1.10 compressed, <= 1.5 uncompressed); ``always x`` = always ÷ off.
+"first read": one whole-volume read by a process that has verified nothing yet (fresh
+maps), the default policy ÷ off: what "once" pays, once per process and chunk.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pgps_data.layout import LAYOUTS, Layout, write_array  # noqa: E402
-from pgps_data.zarr_fastread import STATS, FastArray  # noqa: E402
+from pgps_data.zarr_fastread import DEFAULT_VERIFY, STATS, FastArray  # noqa: E402
 
 SIZES = [(32, 32, 32), (64, 64, 64), (96, 96, 96), (128, 128, 128), (80, 192, 160)]
 GROUP_SIZES = [(32, 32, 32), (64, 64, 64)]
@@ -108,51 +119,64 @@ def _origins(rng, vol: tuple, box: tuple, n: int, clustered: bool) -> np.ndarray
     return np.clip(centre + jitter, 0, hi).astype(np.int64)
 
 
-def bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng) -> list[dict]:
-    """All rows for one zarr array against the .npy memmap ``mm`` (1, Z, Y, X)."""
+def bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng) -> tuple:
+    """(rows, first-read row) for one zarr array against the .npy memmap ``mm``."""
     fast = FastArray.open(arr)
     assert fast is not None, "fast path refused the benchmark array"
+    policy = fast.verify
+    others = {v: FastArray.open(arr, verify=v) for v in ("always", "off") if v != policy}
     vol = arr.shape[1:]
     rows = []
-    fast.read((0, 0, 0), vol)  # warm: page cache, indices, maps
+    for f in (fast, *others.values()):
+        f.read((0, 0, 0), vol)  # warm: page cache, indices, maps (and "once": every crc)
+    first = _first_read(name, arr, vol, policy)
     for box in sizes:
         if any(b > v for b, v in zip(box, vol)):
             continue
         orgs = _origins(rng, vol, box, n_single, clustered=False)
         t_npy, t_fast, t_zarr, amp = [], [], [], []
+        t_other: dict[str, list] = {v: [] for v in others}
         delivered = 4 * np.prod(box) * arr.shape[0]
         for i, o in enumerate(orgs):
             sl = [(slice(None), *(slice(a, a + b) for a, b in zip(o, box)))]
             t_npy.append(_ms(_copy_npy, mm, sl))
-            before = _touched()
-            t_fast.append(_ms(fast.read, o, box, dtype=np.float32))
-            amp.append((_touched() - before) / delivered)
+            for v in _rotate(["fast", *others], i):  # the same boxes, fair cache state
+                if v == "fast":
+                    before = _touched()
+                    t_fast.append(_ms(fast.read, o, box, dtype=np.float32))
+                    amp.append((_touched() - before) / delivered)
+                else:
+                    t_other[v].append(_ms(others[v].read, o, box, dtype=np.float32))
             if i < n_zarr:
                 t_zarr.append(_ms(_read_zarr, arr, sl))
-        rows.append(
-            _row(
-                name,
-                "single",
-                box,
-                np.median(t_npy),
-                np.median(t_fast),
-                np.median(amp),
-                np.median(t_zarr),
-            )
+        row = _row(
+            name,
+            "single",
+            box,
+            np.median(t_npy),
+            np.median(t_fast),
+            np.median(amp),
+            np.median(t_zarr),
         )
+        rows.append(_verify_cols(row, policy, t_fast, t_other))
     for box in gsizes:
         if any(b > v for b, v in zip(box, vol)):
             continue
         out = np.ones((64, arr.shape[0], *box), np.float32)  # like the loader's shared ring
         for mode in ("clustered", "spread"):
             t_npy, t_fast, t_loop, t_zarr, amp = [], [], [], [], []
+            t_other = {v: [] for v in others}
             for g in range(n_groups):
                 orgs = _origins(rng, vol, box, 64, clustered=mode == "clustered")
                 sls = [(slice(None), *(slice(a, a + b) for a, b in zip(o, box))) for o in orgs]
                 t_npy.append(_ms(_copy_npy, mm, sls, out))
-                before = _touched()
-                t_fast.append(_ms(fast.read_many, orgs, box, out=out))
-                amp.append((_touched() - before) / out.nbytes)
+                for v in _rotate(["fast", *others], g):
+                    if v == "fast":
+                        before = _touched()
+                        t_fast.append(_ms(fast.read_many, orgs, box, out=out))
+                        amp.append((_touched() - before) / out.nbytes)
+                    else:
+                        t_other[v].append(_ms(others[v].read_many, orgs, box, out=out))
                 t_loop.append(_ms(_read_each, fast, orgs, box, out))
                 if g < max(1, n_zarr // 20):
                     t_zarr.append(_ms(_read_zarr, arr, sls, out))
@@ -166,8 +190,49 @@ def bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng) 
                 np.median(t_zarr),
             )
             row["fast_loop_ms"] = round(float(np.median(t_loop)), 3)
-            rows.append(row)
-    return rows
+            rows.append(_verify_cols(row, policy, t_fast, t_other))
+    return rows, first
+
+
+def _first_read(name: str, arr, vol: tuple, policy: str) -> dict:  # noqa: ANN001
+    """The whole volume read by a reader that has not verified anything yet ("once" pays
+    every crc here, once per process) against no verification: fresh maps both times."""
+    from pgps_data.mapped_files import FILES
+
+    t = {}
+    for v in ("off", policy, "off", policy):  # twice each, the better kept
+        FILES.maps.clear()
+        FILES.checked.clear()
+        reader = FastArray.open(arr, verify=v)
+        t[v] = min(t.get(v, np.inf), _ms(reader.read, (0, 0, 0), vol))
+    return {
+        "layout": name,
+        "case": "first read",
+        "box": "x".join(map(str, vol)),
+        "verify": policy,
+        "off_ms": round(t["off"], 3),
+        "first_ms": round(t[policy], 3),
+        "first_cost": round(t[policy] / t["off"], 3),
+    }
+
+
+def _rotate(items: list, i: int) -> list:
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
+def _verify_cols(row: dict, policy: str, t_fast: list, t_other: dict) -> dict:
+    """Add the checksum columns: each policy's median and its ratio to no verification."""
+    med = {v: float(np.median(t)) for v, t in t_other.items()}
+    med[policy] = float(np.median(t_fast))
+    row.update(
+        verify=policy,
+        off_ms=round(med["off"], 3),
+        always_ms=round(med["always"], 3),
+        crc_cost=round(med[policy] / med["off"], 3),
+        always_cost=round(med["always"] / med["off"], 3),
+    )
+    return row
 
 
 def _row(layout, case, box, npy, fast, amp, zarr_ms) -> dict:
@@ -196,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clevel", type=int)
     p.add_argument("--shuffle", choices=["shuffle", "noshuffle", "bitshuffle"])
     p.add_argument("--dtype", choices=["float32", "float16"])
+    p.add_argument(
+        "--no-checksum", action="store_true", help="write chunks without crc32c (old stores)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--clock",
@@ -215,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     custom = (
         any(v is not None for v in (a.chunk, a.shard, a.compressor, a.clevel, a.dtype, a.shuffle))
         or a.no_shard
+        or a.no_checksum
     )
     layouts = dict(LAYOUTS)
     if custom:
@@ -227,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                 clevel=a.clevel if a.clevel is not None else base.clevel,
                 shuffle=a.shuffle or base.shuffle,
                 image_dtype=a.dtype or base.image_dtype,
+                checksum=not a.no_checksum,
             )
         }
     vol = ct_volume(size, a.seed)
     rng = np.random.default_rng(a.seed + 1)
-    rows = []
+    rows, firsts = [], []
     with tempfile.TemporaryDirectory(prefix="bench_read_") as tmp:
         np.save(Path(tmp) / "vol.npy", vol)
         mm = np.load(Path(tmp) / "vol.npy", mmap_mode="r")
@@ -247,21 +317,39 @@ def main(argv: list[str] | None = None) -> int:
                 f"(raw {vol.nbytes / 1e6:.1f} MB)",
                 file=sys.stderr,
             )
-            rows += bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng)
+            got, first = bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng)
+            rows += got
+            firsts.append(first)
     if a.json:
-        print(json.dumps({"volume": list(size), "rows": rows}, indent=1))
+        doc = {"volume": list(size), "verify": DEFAULT_VERIFY, "rows": rows, "first_read": firsts}
+        print(json.dumps(doc, indent=1))
         return 0
     print(
         f"volume (1, {size[0]}, {size[1]}, {size[2]}) float32, warm cache, one process, "
         f"{a.clock} clock"
     )
-    hdr = f"{'layout':8} {'case':14} {'box':>11} {'npy ms':>8} {'fast ms':>8} {'ratio':>6} {'amp':>5} {'zarr ms':>8} {'zarr r':>7}"
+    print(f"checksum verification by default: {DEFAULT_VERIFY}")
+    hdr = (
+        f"{'layout':8} {'case':14} {'box':>11} {'npy ms':>8} {'fast ms':>8} {'ratio':>6} "
+        f"{'amp':>5} {'zarr ms':>8} {'zarr r':>7} {'off ms':>8} {'always ms':>9} "
+        f"{'crc x':>6} {'always x':>8}"
+    )
     print(hdr)
+    for r in firsts:
+        print(
+            f"{r['layout']:8} {'first read':14} {r['box']:>11}  whole volume, nothing "
+            f"verified yet: {r['verify']} {r['first_ms']:.3f} ms, off {r['off_ms']:.3f} ms, "
+            f"x {r['first_cost']:.3f} (once per process)"
+        )
     for r in rows:
         extra = f"  (64 separate fast reads {r['fast_loop_ms']} ms)" if "fast_loop_ms" in r else ""
         print(
-            f"{r['layout']:8} {r['case']:14} {r['box']:>11} {r['npy_ms']:8.3f} {r['fast_ms']:8.3f} "
-            f"{r['ratio']:6.3f} {r['amplification']:5.2f} {r['zarr_ms']:8.2f} {r['zarr_ratio']:7.3f}{extra}"
+            f"{r['layout']:8} {r['case']:14} {r['box']:>11} {r['npy_ms']:8.3f} "
+            f"{r['fast_ms']:8.3f} {r['ratio']:6.3f} {r['amplification']:5.2f} "
+            f"{r['zarr_ms']:8.2f} {r['zarr_ratio']:7.3f} "
+            f"{r['off_ms']:8.3f} {r['always_ms']:9.3f} {r['crc_cost']:6.3f} "
+            f"{r['always_cost']:8.3f}"
+            f"{extra}"
         )
     return 0
 
