@@ -1,9 +1,14 @@
 """kill -9 in the middle of a conversion, then rerun: complete cases are kept, the rest
 finished, and the result equals a clean conversion. Killing only the main process must take
-its worker processes with it (they would otherwise keep writing into the store)."""
+its worker processes with it (they would otherwise keep writing into the store).
+
+Stopping a conversion otherwise (issue 7): Ctrl-C and SIGTERM end it with one line, its
+workers gone and its lock released; a full disk is one line naming the store; a closed
+stdout (``| head``) does not end it. Each time a rerun finishes the store."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,13 +21,17 @@ import numpy as np
 import psutil
 import pytest
 
+from pgps_data import store_write
 from pgps_data.ingest.convert import convert
+from pgps_data.ingest.convert import main as convert_main
 from pgps_data.store import open_store
+from pgps_data.store_lock import LOCK_NAME
 from pgps_data.synthetic import write_synthetic_dataset
 from tests.conftest import assert_same_store
 
 N_CASES = 8
 ROOT = Path(__file__).resolve().parents[1]
+INTERRUPTED = "pgps-convert: interrupted; rerun the same command to continue (complete cases are kept)"
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +181,124 @@ def test_a_killed_worker_gives_one_line_and_a_rerun_finishes(
     assert "Traceback" not in log
     assert "worker process died" in log and "rerun" in log
     _rerun_and_check(raw, out, clean)
+
+
+# ------------------------------------------------------------------ stops other than kill -9
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    rc = convert_main([*argv, "--workers", "1", "--quiet"])
+    got = capsys.readouterr()
+    assert "Traceback" not in got.err + got.out
+    return rc, got.out, got.err
+
+
+def test_a_closed_stdout_does_not_end_the_job(tiny_raw: Path, tiny_store: Path,
+                                              tmp_path: Path) -> None:
+    raw, clean = tiny_raw, tiny_store
+    out = tmp_path / "piped.zarr"
+    cmd = (f"set -o pipefail; {sys.executable} -m pgps_data.ingest.convert {raw} {out} "
+           "--workers 1 | head -c 1 >/dev/null")
+    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert open_store(out).meta["complete"] is True
+    assert_same_store(clean, out)
+
+
+@pytest.mark.parametrize(("sig", "code", "group", "workers"), [
+    (signal.SIGINT, 130, True, 2),  # Ctrl-C: the terminal signals the whole process group
+    (signal.SIGTERM, 143, False, 2),  # kill PID
+    (signal.SIGINT, 130, False, 1),  # in-process: the signal lands inside a zarr write
+])
+def test_a_signal_stops_with_one_line_and_a_rerun_finishes(
+        crash_data: tuple[Path, Path], tmp_path: Path, sig: int, code: int, group: bool,
+        workers: int) -> None:
+    """One line, the signal's exit status, no worker left, the lock released, resumable."""
+    raw, clean = crash_data
+    out = tmp_path / "stopped.zarr"
+    with open(out.with_suffix(".log"), "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out),
+             "--workers", str(workers), "--quiet"], cwd=ROOT, stdout=log, stderr=subprocess.PIPE,
+            text=True, start_new_session=True)
+    children: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            (out / "cases").is_dir() and _complete_on_disk(out)):
+        assert proc.poll() is None, proc.communicate()
+        try:
+            children |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.01)
+    assert len(_complete_on_disk(out)) < N_CASES, "finished before the signal: make it bigger"
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.splitlines() == [INTERRUPTED], err
+    assert workers == 1 or children, "saw no worker processes"
+    deadline = time.monotonic() + 5  # the resource tracker exits once the workers are gone
+    while _alive(sorted(children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(sorted(children))
+    assert not (out / LOCK_NAME).exists()  # released on the way out
+    _rerun_and_check(raw, out, clean)
+
+
+def test_a_full_disk_while_writing_a_case_is_one_line(tiny_raw: Path, tiny_store: Path,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    raw, clean = tiny_raw, tiny_store
+    out = tmp_path / "full.zarr"
+    real = store_write.write_array
+    calls = {"n": 0}
+
+    def write_array(group, name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] > 4:  # the first case (4 arrays) gets written, then the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(group, name, *a, **kw)
+
+    monkeypatch.setattr(store_write, "write_array", write_array)
+    rc, _, err = _cli([str(raw), str(out)], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"{out}: disk full" in err and "rerun" in err
+    on_disk = {p.name for p in (out / "cases").iterdir() if p.is_dir()}
+    assert on_disk == {"synth_000"}  # the half-written cases were removed again
+    monkeypatch.setattr(store_write, "write_array", real)
+    rc, stdout, err = _cli([str(raw), str(out)], capsys)
+    assert rc == 0 and "4 case(s) converted, 1 already complete" in stdout, err
+    assert_same_store(clean, out)
+
+
+def test_a_full_disk_in_finish_store_is_one_line(tiny_raw: Path, tiny_store: Path,
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    raw, clean = tiny_raw, tiny_store
+    out = tmp_path / "full.zarr"
+    real_replace = os.replace
+    writes = {"root": 0}
+
+    def replace(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(dst) == out / "zarr.json":
+            writes["root"] += 1
+            if writes["root"] == 2:  # the first is prepare_store, the second finish_store
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    rc, _, err = _cli([str(raw), str(out)], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and f"{out}: disk full" in err, err
+    assert open_store(out).meta["complete"] is False  # the old root is intact
+    monkeypatch.setattr(os, "replace", real_replace)
+    rc, stdout, err = _cli([str(raw), str(out)], capsys)
+    assert rc == 0 and "0 case(s) converted, 5 already complete" in stdout, err
+    assert open_store(out).meta["complete"] is True
+    assert_same_store(clean, out)

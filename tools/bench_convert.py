@@ -13,8 +13,10 @@ both tools resample), then times, one after the other on the same machine:
 
 The ratio ours/nnU-Net is in cases per minute (goal >= 2x). It uses plan_and_preprocess
 alone (the command the issue names); the row with nnU-Net's MSD conversion step added is
-shown too. Store size is what each tool's output occupies on disk (ours: the store;
-nnU-Net: its preprocessed dataset folder). Without .venv-nnunet only our side is printed.
+shown too. Store size is what each tool's output occupies on disk, in blocks allocated
+(as ``du``; ours: the store; nnU-Net: its preprocessed dataset folder, whose training data
+folder is shown too), printed on one comparison line. Without .venv-nnunet only our side
+is printed.
 ``--quick``: 3 cases of (24, 48, 48), nnU-Net skipped unless ``--with-nnunet`` (CI smoke).
 """
 
@@ -64,11 +66,12 @@ def run(a: argparse.Namespace) -> dict:
     out = base / "convert_ours.zarr"
     bl.log(f"pgps-convert, {a.workers} workers ...")
     seconds = bl.run_convert(raw, out, "default", a.workers)
+    ours_bytes = bl.disk_bytes(out)
     rows = [{
         "tool": "pgps-convert (ours)",
         "seconds": round(seconds, 2),
         "cases_per_min": round(a.cases / seconds * 60, 2),
-        "store_mb": round(bl.disk_bytes(out) / 1e6, 1),
+        "store_mb": round(ours_bytes / 1e6, 1),
     }]
     ours_rate = rows[0]["cases_per_min"]
     result = {
@@ -77,6 +80,8 @@ def run(a: argparse.Namespace) -> dict:
         "rows": rows, "ratio": None, "ratio_with_msd_conversion": None,
         "ratio_uses": "nnUNetv2_plan_and_preprocess alone (-np N -npfp N, integrity check)",
         "nnunet": None,
+        "disk_bytes": {"ours": ours_bytes, "nnunet_preprocessed": None, "nnunet_data": None,
+                       "ratio": None},
     }
     skip_reason = None
     if a.quick and not a.with_nnunet:
@@ -92,8 +97,13 @@ def run(a: argparse.Namespace) -> dict:
         if res is None:
             skip_reason = "nnunet_peer.py convert failed (see stderr)"
         else:
-            pre = Path(res["preprocessed_dir"]).parent
-            size_mb = round(bl.disk_bytes(pre) / 1e6, 1)
+            data_dir = Path(res["preprocessed_dir"])
+            pre = data_dir.parent
+            pre_bytes = bl.disk_bytes(pre)
+            size_mb = round(pre_bytes / 1e6, 1)
+            result["disk_bytes"].update({
+                "nnunet_preprocessed": pre_bytes, "nnunet_data": bl.disk_bytes(data_dir),
+                "ratio": bl.ratio(ours_bytes, pre_bytes)})
             plan_s, conv_s = res["seconds_plan_preprocess"], res["seconds_convert"]
             rows.append({"tool": "nnU-Net plan_and_preprocess", "seconds": round(plan_s, 2),
                          "cases_per_min": round(a.cases / plan_s * 60, 2), "store_mb": size_mb})
@@ -118,11 +128,23 @@ def report(r: dict) -> None:
           f"{r['machine']['before']} before, {r['machine']['after']} after")
     bl.table("", [("tool", "tool", 42), ("seconds", "seconds", 8),
                   ("cases_per_min", "cases/min", 10), ("store_mb", "disk MB", 8)], r["rows"])
+    print("\n" + size_line(r))
     if r["ratio"] is None:
-        print(f"\nnnU-Net: {r['nnunet_skipped']}; no ratio")
+        print(f"nnU-Net: {r['nnunet_skipped']}; no ratio")
         return
-    print(f"\nratio ours/nnU-Net in cases/min: {r['ratio']:.2f}x vs {r['ratio_uses']} "
+    print(f"ratio ours/nnU-Net in cases/min: {r['ratio']:.2f}x vs {r['ratio_uses']} "
           f"(goal >= 2x); {r['ratio_with_msd_conversion']:.2f}x with its MSD conversion step")
+
+
+def size_line(r: dict) -> str:
+    """Our store against nnU-Net's preprocessed folder, in bytes allocated on disk (du)."""
+    d = r["disk_bytes"]
+    ours = f"store size on disk (allocated blocks, as du): ours {d['ours'] / 1e6:.1f} MB"
+    if d["nnunet_preprocessed"] is None:
+        return f"{ours}; nnU-Net's preprocessed folder: not measured ({r['nnunet_skipped']})"
+    return (f"{ours} vs nnU-Net's preprocessed folder {d['nnunet_preprocessed'] / 1e6:.1f} MB "
+            f"(its training data {d['nnunet_data'] / 1e6:.1f} MB of it): ours/nnU-Net "
+            f"{d['ratio']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ the conversion pass preprocesses and writes each case (crop → normalise → re
 nnU-Net's order) with its foreground indices. Bad cases are reported one line each and
 skipped; the others are converted and the exit status is non-zero. A rerun after a crash
 skips complete cases and finishes the rest.
+
+The whole conversion holds the store's exclusive lock (:mod:`pgps_data.store_lock`; with
+``--scheduler`` this process, the client, holds it), so a second run into the same store
+refuses with one line naming the holder. Ctrl-C and SIGTERM stop it with one line (exit
+130 / 143), its worker processes with it, and leave the store resumable.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pgps_data.console import protect_stdout
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.cases import convert_case, fingerprint_case
 from pgps_data.ingest.layouts import DatasetSpec, discover
@@ -34,8 +40,23 @@ from pgps_data.ingest.preprocess import (
     target_spacing,
     use_mask_for_norm,
 )
+from pgps_data.interrupts import (
+    Interrupted,
+    interrupts_as_exit,
+    workers_stopped_on_interrupt,
+)
 from pgps_data.layout import layout_attrs
-from pgps_data.store_write import case_is_complete, existing_attrs, finish_store, prepare_store
+from pgps_data.store_lock import store_lock
+from pgps_data.store_write import (
+    case_is_complete,
+    check_target,
+    ensure_case_groups,
+    existing_attrs,
+    finish_store,
+    prepare_store,
+)
+
+INTERRUPTED = "interrupted; rerun the same command to continue (complete cases are kept)"
 
 
 def convert(
@@ -64,14 +85,27 @@ def convert(
         f"and {len(spec.test)} test cases, {len(spec.channel_names)} channel(s) "
         f"{spec.modalities}, labels {spec.labels}"
     )
-    errors: list[str] = list(spec.problems)
+    for line in spec.warnings:
+        log(f"warning: {line}")
     for line in spec.problems:
         log(f"error: {line}")
 
     fingerprint = _inputs_fingerprint(spec, spacing, codec)
+    _refuse_foreign_target(out, fingerprint, overwrite)  # before the lock file is made
+    with store_lock(out):
+        _refuse_foreign_target(out, fingerprint, overwrite)  # again: now nobody else writes
+        return _convert_locked(spec, out, fingerprint, spacing=spacing, workers=workers,
+                               scheduler=scheduler, codec=codec, overwrite=overwrite,
+                               quiet=quiet, log=log)
+
+
+def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, *, spacing, workers: int,  # noqa: ANN001
+                    scheduler: str | None, codec: str, overwrite: bool, quiet: bool,
+                    log) -> dict[str, Any]:  # noqa: ANN001
+    """Both passes and the root's summary, with the store's lock held."""
+    errors: list[str] = list(spec.problems)
     previous = existing_attrs(out)
-    _refuse_foreign_target(out, previous, fingerprint, overwrite)
-    with worker_pool(workers, scheduler) as pool:
+    with workers_stopped_on_interrupt(worker_pool(workers, scheduler)) as pool:
         run = functools.partial(run_per_case, workers=workers, scheduler=scheduler,
                                 quiet=quiet, pool=pool)
         if previous is not None and not overwrite and (
@@ -81,13 +115,12 @@ def convert(
             kept = set(previous["training_cases"])
             good_training = [c for c in spec.training if c.case_id in kept]
             stat_errors = list(previous.get("excluded_cases", []))
+            ensure_case_groups(out)
             log(f"Continuing {out}: statistics from the first run are reused")
         else:
             good_training, plan, stat_errors = _statistics(spec, spacing, codec, run)
             if not good_training:
-                for line in stat_errors:
-                    log(f"error: {line}")
-                raise PGPSInputError(f"{raw_dir}: no usable training case; nothing was written")
+                _refuse_no_training_case(spec, stat_errors, log)
             attrs = _store_attrs(spec, plan, fingerprint, [c.case_id for c in good_training])
             prepare_store(out, {**attrs, "excluded_cases": stat_errors}, overwrite=overwrite)
         errors += stat_errors
@@ -108,6 +141,9 @@ def convert(
             log(f"error: {res['error']}")
         else:
             converted += 1
+    full = [line for line in errors if line.startswith(f"{out}: disk full")]
+    if full:  # every later case would fail the same way: one line, the store resumable
+        raise PGPSInputError(full[0])
     finish_store(out, {"foreground_fraction": _foreground_fraction(out)})
     return {
         "layout": spec.layout,
@@ -118,18 +154,22 @@ def convert(
     }
 
 
-def _refuse_foreign_target(out: Path, previous, fingerprint: str, overwrite: bool) -> None:  # noqa: ANN001
+def _refuse_foreign_target(out: Path, fingerprint: str, overwrite: bool) -> None:
     """Refuse before any work when OUT is not ours to continue (nothing is ever lost)."""
-    if not out.exists():
-        return
-    if previous is None:
-        if out.is_file() or any(out.iterdir()):
-            raise PGPSInputError(f"{out}: exists and is not a pgps store; choose another output path")
-    elif not overwrite and previous.get("inputs_fingerprint") != fingerprint:
-        raise PGPSInputError(
-            f"{out}: was converted from different inputs or options; rerun with --overwrite "
-            "to start over, or choose another output path"
-        )
+    check_target(out, fingerprint, overwrite=overwrite)
+
+
+def _refuse_no_training_case(spec: DatasetSpec, stat_errors: list[str], log) -> None:  # noqa: ANN001
+    """Every training case was refused: each one's reason, then one summary line."""
+    for line in stat_errors:
+        log(f"error: {line}")
+    refused = len(stat_errors) + len(spec.problems)  # discover's lines were logged first
+    if not refused:
+        raise PGPSInputError(f"{spec.root}: no training case found; nothing was written")
+    raise PGPSInputError(
+        f"{spec.root}: no usable training case: {refused} case(s) refused, one line each "
+        "above; fix them and rerun; nothing was written"
+    )
 
 
 def _statistics(spec: DatasetSpec, spacing, codec: str, run):  # noqa: ANN001
@@ -140,6 +180,8 @@ def _statistics(spec: DatasetSpec, spacing, codec: str, run):  # noqa: ANN001
     errors = [r["error"] for r in results if "error" in r]
     ok = {r["case_id"]: r for r in results if "error" not in r}
     good = [c for c in spec.training if c.case_id in ok]
+    if not good:  # every case refused: the caller prints each reason, not a CT message
+        return good, {}, errors
     stats: dict[str, Any] = {}
     for ch, modality in enumerate(spec.modalities):
         if modality.upper() == "CT":
@@ -277,22 +319,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_stdout()  # a closed stdout (| head, a dead log pipe) must not end the job
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        summary = convert(
-            args.raw_dir,
-            args.out,
-            spacing=tuple(args.spacing) if args.spacing else None,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            codec=args.codec,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
+        with interrupts_as_exit("pgps-convert", INTERRUPTED):
+            summary = convert(
+                args.raw_dir,
+                args.out,
+                spacing=tuple(args.spacing) if args.spacing else None,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                codec=args.codec,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+            )
     except PGPSInputError as exc:
         print(f"pgps-convert: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"pgps-convert: {INTERRUPTED}", file=sys.stderr)
+        return stop.code
     dt = time.perf_counter() - t0
     n_err = len(summary["errors"])
     print(
