@@ -34,7 +34,7 @@ from pgps_data.errors import PGPSInputError
 from pgps_data.ring import ALIGN, SharedRing, request_layout
 from pgps_data.sampling import CropRequest, Sampler
 from pgps_data.store import Store
-from pgps_data.watchdog import LoaderWorkerError, WorkerWatchdog
+from pgps_data.watchdog import LoaderWorkerError, WorkerWatchdog, worker_failure_line
 from pgps_data.worker import CropReader, arm_parent_watch
 
 STATE_VERSION = 1
@@ -140,6 +140,9 @@ class PGPSLoader:
             self.close()
             if failure:
                 raise LoaderWorkerError(failure) from None
+            line = worker_failure_line(exc) if isinstance(exc, Exception) else None
+            if line is not None:  # a worker's exception: its one line, not torchdata's text
+                raise LoaderWorkerError(line) from None
             raise exc
         self._next_step = batch["step"] + 1
         return batch

@@ -15,7 +15,23 @@ from typing import Any
 
 
 class LoaderWorkerError(RuntimeError):
-    """A loader worker died or failed; the message says which and why."""
+    """A loader worker died or failed; the message (one line) says which and why."""
+
+
+_WORKER_LINE = "loader worker (pid "
+
+
+def worker_failure_line(exc: BaseException) -> str | None:
+    """The one line a failing worker wrote (see ``CropReader._guarded``), or None.
+
+    torchdata re-raises a worker's exception in the main process with the worker's whole
+    traceback text as its message (once per thread it crossed); the worker's own line is
+    the last line that names the loader worker.
+    """
+    lines = [ln for ln in str(exc).splitlines() if _WORKER_LINE in ln]
+    if not lines:
+        return None
+    return lines[-1][lines[-1].index(_WORKER_LINE):].strip()
 
 
 class WorkerWatchdog:

@@ -45,10 +45,13 @@ class CropReader:
         try:
             return self._read(request)
         except Exception as exc:
+            # One line (torchdata carries it to the main process inside a traceback text;
+            # the loader takes this last line back out, see pipeline.worker_failure).
+            reason = " ".join(str(exc).split())
             raise RuntimeError(
                 f"loader worker (pid {os.getpid()}) failed on case {request.case_id!r}, "
                 f"step {request.step}, patch {list(request.patch)}, slots {list(request.slots)}"
-                f": {type(exc).__name__}: {exc}"
+                f": {type(exc).__name__}: {reason}"
             ) from exc
 
     def _start(self) -> None:
