@@ -3,17 +3,26 @@
 Defaults follow the papers (1000 epochs × 250 iterations, batch 2, efficiency mode,
 journal rules, unet). ``--preset tiny`` is a CPU-sized run (narrow network, few
 iterations, every stage visited) used by the demo and the tests; flags given explicitly
-override the preset.
+override the preset. ``--resume`` takes every setting from the run's config.json; flags
+given again must agree (pgps_train.run_config).
+
+Exit status: 0 done, 2 a problem with the input (one line: file, problem, what to do),
+1 a loader worker died, 128 + signal when stopped by SIGINT (130) or SIGTERM (143) after
+writing a checkpoint and printing how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import fields
 from typing import Any
 
+from pgps_data.console import protect_stdout
 from pgps_data.errors import PGPSInputError
+from pgps_data.watchdog import LoaderWorkerError
+from pgps_train.interrupts import Interrupted
 
 # The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), 15
 # iterations each (240 for the demo's 16 stages), a 24×48×48-sized patch budget and a narrow
@@ -52,14 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-eval", action="store_true",
                    help="skip predict + evaluate on the validation fold at the end")
     p.add_argument("--max-seconds", type=float, metavar="S",
-                   help="stop after S seconds of training (checkpointed; --resume continues)")
+                   help="stop after S seconds of training (checkpointed; --resume continues; "
+                   "applies to this command only)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="train on a store whose conversion did not finish (its complete cases)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its recorded settings")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start the run in --out again, replacing its files (a folder "
+                       "that holds a run needs --resume or --overwrite)")
     return p
 
 
+_SWITCHES = {"deterministic": "deterministic", "quiet": "quiet",
+             "allow_incomplete": "allow_incomplete"}
+
+
+def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig values the command line set explicitly (no defaults, no preset)."""
+    from pgps_train.trainer import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items()
+              if k in names and k not in _SWITCHES and v is not None}
+    values.update({field: True for flag, field in _SWITCHES.items() if getattr(args, flag)})
+    if args.no_final_eval:
+        values["final_eval"] = False
+    if values.get("fold") not in (None, "all"):
+        values["fold"] = int(values["fold"])
+    if values.get("patch") is not None:
+        values["patch"] = list(values["patch"])
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
-    """A TrainConfig: defaults ← preset ← explicit flags."""
+    """A TrainConfig for a new run: defaults ← preset ← explicit flags."""
     from pgps_train.networks import tiny_kwargs
     from pgps_train.trainer import TrainConfig
 
@@ -68,29 +106,46 @@ def config_from_args(args: argparse.Namespace) -> Any:
         values.update(TINY)
         net = args.net or "unet"
         values["net_kwargs"] = TINY_UNET if net == "unet" else tiny_kwargs(net)
-    names = {f.name for f in fields(TrainConfig)}
-    for key, value in vars(args).items():
-        if key in names and value is not None and key not in ("deterministic", "quiet"):
-            values[key] = value
-    values["deterministic"] = args.deterministic
-    values["quiet"] = args.quiet
-    values["final_eval"] = not args.no_final_eval
-    if values.get("fold") not in (None, "all"):
-        values["fold"] = int(values["fold"])
-    if values.get("patch") is not None:
-        values["patch"] = list(values["patch"])
+    values.update(explicit_values(args))
     return TrainConfig(**values)
 
 
+def resume_config(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
+    """A TrainConfig for ``--resume``: the run's config.json ← flags given again (agreeing)."""
+    from pgps_train.run_config import resumed_values
+    from pgps_train.trainer import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**resumed_values(saved, explicit_values(args), names, args.out))
+
+
 def main(argv: list[str] | None = None) -> int:
+    protect_stdout()  # a closed stdout (a pipe whose reader left) must not end a long run
     args = build_parser().parse_args(argv)
+    resume_cmd = shlex.join(["pgps-train", args.store, "--out", args.out, "--resume"])
     try:
+        from pgps_train.run_config import saved_config
         from pgps_train.trainer import train
 
-        cfg = config_from_args(args)
-        summary = train(cfg, resume=args.resume)
+        saved = saved_config(args.out) if args.resume else None
+        cfg = config_from_args(args) if saved is None else resume_config(args, saved)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except PGPSInputError as exc:
         print(f"pgps-train: error: {exc}", file=sys.stderr)
+        return 2
+    except LoaderWorkerError as exc:
+        print(f"pgps-train: error: {exc}; resume with: {resume_cmd}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"pgps-train: {exc}; resume with: {resume_cmd}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"pgps-train: interrupted; resume with: {resume_cmd}", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full or a folder gone while writing logs (not checkpoints)
+        where = exc.filename or args.out
+        print(f"pgps-train: error: {where}: {exc.strerror or exc}; fix it, then continue with "
+              f"{resume_cmd}", file=sys.stderr)
         return 2
     final = summary.get("final") or {}
     ran = summary.get("stopped_at_step", summary["iterations"])

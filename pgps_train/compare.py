@@ -46,6 +46,11 @@ def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "share_of_constant": (s["seconds_wall"] / base_time) if base_time else None,
             "compute_share_planned": s.get("compute_share_vs_constant"),
             "wait_share": s["wait_share"],
+            # timed apart from the data wait (older summaries lack them: None)
+            "validation_s": s.get("seconds_validation"),
+            "checkpoint_s": s.get("seconds_checkpoint"),
+            "startup_s": _sum_or_none(s.get("seconds_loader_startup"),
+                                      s.get("seconds_validation_startup")),
             "dice": final.get("mean", {}),
         })
     return rows
@@ -57,15 +62,22 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "PGPS modes") -> N
 
     labels = list(dict.fromkeys(k for r in rows for k in r["dice"]))  # label order
     table = Table(title=title)
-    for col in ["mode", "wall time", "share of constant", "data wait", "iterations",
-                *[f"{name} Dice" for name in labels]]:
+    for col in ["mode", "wall time", "share of constant", "data wait", "validation",
+                "checkpoints", "start-up", "iterations", *[f"{name} Dice" for name in labels]]:
         table.add_column(col, justify="left" if col == "mode" else "right")
     for r in rows:
         share = "-" if r["share_of_constant"] is None else f"{100 * r['share_of_constant']:.0f} %"
         dice = [("-" if r["dice"].get(k) is None else f"{r['dice'][k]:.3f}") for k in labels]
+        secs = [("-" if r.get(k) is None else f"{r[k]:.1f} s")
+                for k in ("validation_s", "checkpoint_s", "startup_s")]
         table.add_row(r["mode"], f"{r['seconds']:.0f} s", share,
-                      f"{100 * r['wait_share']:.1f} %", str(r["iterations"]), *dice)
-    Console(width=120).print(table)
+                      f"{100 * r['wait_share']:.1f} %", *secs, str(r["iterations"]), *dice)
+    Console(width=150).print(table)
+
+
+def _sum_or_none(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
 
 
 def main(argv: list[str] | None = None) -> int:

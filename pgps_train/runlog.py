@@ -2,27 +2,58 @@
 
 ``steps.csv`` holds every step's loss (the resume test compares it bit for bit; it is
 line-buffered, so a reader sees each step as it ends); ``log.csv`` one row per evaluation:
-step, stage, patch, batch, loss, pseudo-Dice, lr, seconds computing and seconds waiting for
-data. A resumed run first drops the rows written after its checkpoint, so both files read
-as one uninterrupted run. The summary's ``stages`` aggregates each stage this process ran:
-steps, seconds computing and waiting, mean step time, data-wait share and (on CUDA) the
-peak of ``torch.cuda.max_memory_allocated`` during the stage.
+step, stage, patch, batch, loss, pseudo-Dice, lr, then this process's seconds so far
+computing, waiting for data, validating, writing checkpoints and starting the loaders. A
+resumed run first drops the rows written after its checkpoint, so both files read as one
+uninterrupted run. The summary's ``stages`` aggregates each stage this process ran: steps,
+seconds computing and waiting, mean step time, data-wait share and (on CUDA) the peak of
+``torch.cuda.max_memory_allocated`` during the stage.
+
+Timing is honest: "wait" is only the time a training step waited for its batch. The first
+batch of a process (starting the workers) is ``seconds_loader_startup``; validation,
+checkpoint writes and each validation pass's wait for its first batch (its workers start
+per pass) have their own columns (:class:`Timers`), so a mode with more stage-end
+checkpoints or validations is not charged for them as data wait. The progress bar, the
+schedule table and the evaluation lines go to stderr (``progress_console``).
 """
 
 from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pgps_data.console import progress_console
 from pgps_data.curriculum import Curriculum, Stage
 
+# Phases timed apart from compute and data wait (summary.json: seconds_<name>)
+PHASES = ("validation", "validation_startup", "checkpoint", "loader_startup")
 EVAL_FIELDS = ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
-               "seconds_compute", "seconds_wait"]
+               "seconds_compute", "seconds_wait", *(f"seconds_{p}" for p in PHASES)]
+
+
+class Timers:
+    """Seconds spent per named phase (validation, checkpoints, loader start-up)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
 
 
 class RunLog:
@@ -40,6 +71,7 @@ class RunLog:
         self.log = log
         self.t0 = time.perf_counter()
         self.last_eval: dict[str, Any] | None = None
+        self.timers = Timers()
         self._steps = _open_csv(out / "steps.csv", ["step", "stage", "loss"], resume_from)
         self._evals = _open_csv(out / "log.csv", EVAL_FIELDS, resume_from)
         try:
@@ -51,7 +83,7 @@ class RunLog:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("loss {task.fields[loss]}"),
-            disable=quiet, transient=False,
+            console=progress_console(), disable=quiet, transient=False,
         )
         self.task = self.progress.add_task("training", total=cur.total_iterations,
                                            completed=resume_from, loss="-")
@@ -80,7 +112,8 @@ class RunLog:
         row = {"step": step, "stage": stage.index, "patch": "x".join(map(str, stage.patch)),
                "batch": stage.batch, "loss": round(loss, 5),
                "pseudo_dice": " ".join(f"{d:.4f}" for d in dice), "lr": f"{lr:.3e}",
-               "seconds_compute": round(t_compute, 2), "seconds_wait": round(t_wait, 2)}
+               "seconds_compute": round(t_compute, 2), "seconds_wait": round(t_wait, 2),
+               **{f"seconds_{p}": round(v, 2) for p, v in self.timers.seconds.items()}}
         self._evals[1].writerow([row[k] for k in EVAL_FIELDS])
         self._evals[0].flush()
         self._steps[0].flush()
@@ -137,19 +170,25 @@ class RunLog:
         for fh, _ in (self._steps, self._evals):
             fh.flush()
 
+    def close(self) -> None:
+        """Stop the progress bar and close the files (also when a run stops early)."""
+        self.progress.stop()
+        for fh, _ in (self._steps, self._evals):
+            if not fh.closed:
+                fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
     def finish(self, t_compute: float, t_wait: float) -> dict[str, Any]:
         self._close_stage()
         self._stage = None
-        self.progress.stop()
-        for fh, _ in (self._steps, self._evals):
-            fh.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.close()
         wall = time.perf_counter() - self.t0
         return {
             "seconds_wall": round(wall, 2),
             "seconds_compute": round(t_compute, 2),
             "seconds_wait": round(t_wait, 2),
+            **{f"seconds_{p}": round(v, 3) for p, v in self.timers.seconds.items()},
             "wait_share": round(t_wait / max(t_compute + t_wait, 1e-9), 4),
             "iterations": self.cur.total_iterations,
             "compute_share_vs_constant": round(self.cur.compute_share(), 4),

@@ -8,6 +8,14 @@ cases) and the curriculum (patch and batch per step); the loader streams the bat
 nnU-Net's optimisation recipe: SGD with Nesterov momentum 0.99, lr 1e-2, weight decay
 3e-5, poly decay (exponent 0.9) over all iterations (not reset at stage changes),
 gradient clipping at 12, Dice + cross-entropy with deep supervision, autocast on CUDA.
+
+What protects a run: an incomplete store is refused (unless ``allow_incomplete``); a
+resume reloads the run's config.json and refuses other settings or another store
+(run_config); checkpoints are atomic and carry their own sha256 (checkpoint); SIGINT and
+SIGTERM end the current step, checkpoint and raise Interrupted, and a dead or failing
+loader worker becomes one line after the same checkpoint (interrupts). Data wait is
+only the time a step waited for its batch; validation, checkpoints and loader start-up
+are timed apart (runlog).
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ from typing import Any
 import torch
 
 from pgps_data import Curriculum, make_loader, open_store
+from pgps_data.errors import PGPSInputError
 from pgps_data.pipeline import make_validation_loader
 from pgps_data.splits import fold_cases, load_splits
+from pgps_data.watchdog import LoaderWorkerError
 from pgps_train.checkpoint import (
     FINAL,
     LATEST,
@@ -33,9 +43,20 @@ from pgps_train.checkpoint import (
     set_rng_state,
 )
 from pgps_train.final_patch import resolve_patch
+from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loader_batches
 from pgps_train.losses import LabelMap, SegLoss, confusion_counts
 from pgps_train.networks import build_network
-from pgps_train.runlog import RunLog
+from pgps_train.run_config import (
+    check_agrees,
+    check_store,
+    recorded_identity,
+    saved_config,
+    store_identity,
+    write_json,
+    write_run_record,
+)
+from pgps_train.run_dir import check_run_folder, run_lock
+from pgps_train.runlog import RunLog, Timers
 
 
 @dataclass
@@ -70,12 +91,29 @@ class TrainConfig:
     final_eval: bool = True
     quiet: bool = False
     max_seconds: float | None = None  # stop (with a checkpoint) once the loop ran this long
+    allow_incomplete: bool = False  # train on a store whose conversion did not finish
+    preset: str | None = None  # recorded so a resume can check a --preset given again
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any]:  # noqa: ANN001
-    """Train one run; returns the run summary (times, last validation, final Dice)."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001
+          log=print) -> dict[str, Any]:
+    """Train one run; returns the run summary (times, last validation, final Dice).
+
+    ``resume`` continues the run in ``cfg.out`` from its latest checkpoint: ``cfg`` must
+    agree with the run's config.json and the store must be the one it trained on (see
+    run_config). SIGINT/SIGTERM stop after the current step with a checkpoint and raise
+    :class:`Interrupted`; a failed loader worker raises a one-line error after the same.
+    A folder that already holds a run needs ``resume`` or ``overwrite``; the run holds the
+    folder's lock throughout (see run_dir).
+    """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out), StopSignals() as stop:
+        check_run_folder(out, resume=resume, overwrite=overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        return _train(cfg, out, resume, log, stop)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) -> dict[str, Any]:  # noqa: ANN001, C901, PLR0915
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -85,6 +123,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
 
     # -- data ------------------------------------------------------------------------
     store = open_store(cfg.store)
+    if not store.complete and not cfg.allow_incomplete:
+        missing = store.missing_cases
+        what = (f"{len(missing)} training case(s) missing ({', '.join(missing[:3])}"
+                f"{' ...' if len(missing) > 3 else ''})" if missing else "it did not finish")
+        raise PGPSInputError(
+            f"{store.path}: conversion incomplete, {what}; rerun pgps-convert on the raw "
+            "dataset to finish it, or pass --allow-incomplete to train on the "
+            f"{len(store.case_ids)} complete case(s)")
+    ckpt = None
+    if resume:  # the same run on the same store, or a one-line refusal (run_config)
+        check_agrees(asdict(cfg), saved_config(out), out)
+        if (out / LATEST).exists():
+            ckpt = load_checkpoint(out / LATEST, log=log)
+        else:
+            log(f"{out}: no checkpoint to resume from; starting at step 0")
+        check_store(store, recorded_identity(out, ckpt), out)
+    identity = store_identity(store)
     splits = load_splits(cfg.splits, store.case_ids) if cfg.splits else None
     train_ids, val_ids = fold_cases(store.case_ids, cfg.fold, splits)
     labels = LabelMap(store.label_values, store.ignore_label).to(device)
@@ -112,73 +167,113 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
 
     start = 0
-    if resume and (out / LATEST).exists():
-        ckpt = load_checkpoint(out / LATEST, device)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["loader"])
+    if ckpt is not None:
+        _restore(ckpt, out / LATEST, net=net, optimizer=opt, scheduler=sched, scaler=scaler,
+                 loader=loader)
         set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
-    _write_model_json(out, cfg, net, store, patch, labels.num_classes)
+    _write_model_json(out, net, store, patch, labels.num_classes)
+    write_run_record(out, asdict(cfg), identity)
     (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
     runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device)
     runlog.schedule(cur)
 
-    def checkpoint(step: int) -> None:
-        runlog.flush()
-        save_checkpoint(out / LATEST, {
-            "model": net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-            "loader": loader.state_dict(), "rng": rng_state(), "step": step,
-        })
+    saved_at = start if ckpt is not None else None
+
+    def checkpoint(done: int) -> None:
+        nonlocal saved_at
+        with runlog.timers.timed("checkpoint"):
+            runlog.flush()
+            # The loader's state is its next step; `done` says it even when a batch beyond
+            # it was already fetched (a stop between fetch and compute).
+            save_checkpoint(out / LATEST, {
+                "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "loader": {**loader.state_dict(), "next_step": done}, "rng": rng_state(),
+                "step": done, "store_identity": identity,
+            })
+        saved_at = done
 
     # -- the loop --------------------------------------------------------------------------
     t_wait = t_compute = 0.0
-    t_prev = t_start = time.perf_counter()
-    stopped: int | None = None
+    t_start = time.perf_counter()
+    done, stopped, failure = start, None, None
+    stop.graceful = True  # from here a signal ends the run after the current step
     net.train()
-    for batch in loader:
-        t_got = time.perf_counter()
-        t_wait += t_got - t_prev
-        step, stage = batch["step"], cur.stage_at(batch["step"])
-        runlog.enter(stage)
-        x = batch["image"].to(device, non_blocking=True)
-        y = labels(batch["label"].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-            outputs = net(x)
-        loss = loss_fn(outputs, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
-        t_end = time.perf_counter()
-        runlog.step(step, stage, loss_value, compute=t_end - t_got, wait=t_got - t_prev)
-        t_compute += t_end - t_got
-        t_prev = t_end
+    try:
+        t_prev = time.perf_counter()
+        for batch in loader_batches(loader):
+            t_got = time.perf_counter()
+            # The first batch of a process waits for the workers to start: start-up, not
+            # data wait. Later, wait is only the time next() took (t_prev is taken after
+            # validation and checkpoints, which have their own columns).
+            wait = t_got - t_prev if done > start else 0.0
+            if done == start:
+                runlog.timers.add("loader_startup", t_got - t_prev)
+            t_wait += wait
+            step, stage = batch["step"], cur.stage_at(batch["step"])
+            runlog.enter(stage)
+            x = batch["image"].to(device, non_blocking=True)
+            y = labels(batch["label"].to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
+                outputs = net(x)
+            loss = loss_fn(outputs, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
+            t_end = time.perf_counter()
+            runlog.step(step, stage, loss_value, compute=t_end - t_got, wait=wait)
+            t_compute += t_end - t_got
+            done = step + 1
 
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == total:
-            dice = validate(net, val_loader, labels, device, amp_dtype)
-            runlog.eval_row(step, stage, loss_value, dice, sched.get_last_lr()[0],
-                            t_compute, t_wait)
-            net.train()
-        if done == stage.end_iter or done % cfg.save_every == 0 or done == total:
-            checkpoint(done)
-        if cfg.max_seconds and done < total and time.perf_counter() - t_start >= cfg.max_seconds:
-            stopped = done
-            checkpoint(done)
-            log(f"max_seconds {cfg.max_seconds:g} reached after {done} of {total} iterations "
-                "(checkpoint written; --resume continues)")
-            break
-    loader.close()
+            if done % cfg.eval_every == 0 or done == total:
+                dice = validate(net, val_loader, labels, device, amp_dtype, runlog.timers)
+                runlog.eval_row(step, stage, loss_value, dice, sched.get_last_lr()[0],
+                                t_compute, t_wait)
+                net.train()
+            if done == stage.end_iter or done % cfg.save_every == 0 or done == total:
+                checkpoint(done)
+            if stop.signum is not None:  # SIGINT/SIGTERM: the step is complete, stop here
+                break
+            if cfg.max_seconds and done < total and time.perf_counter() - t_start >= cfg.max_seconds:
+                stopped = done
+                if saved_at != done:
+                    checkpoint(done)
+                log(f"max_seconds {cfg.max_seconds:g} reached after {done} of {total} "
+                    "iterations (checkpoint written; --resume continues)")
+                break
+            t_prev = time.perf_counter()
+    except (LoaderWorkerError, WorkerDataError) as exc:
+        failure = exc
+    except BaseException:
+        runlog.close()
+        raise
+    finally:
+        loader.close()  # no worker outlives the loop, however it ended
+        val_loader.close()
 
-    save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": stopped or total})
+    # -- an early end: a signal, or a failed loader (whose workers may have had our signal)
+    if failure is not None and stop.signum is None and not (
+            isinstance(failure, LoaderWorkerError) and stop.wait_for_signal(0.5)):
+        if done > start and saved_at != done:
+            checkpoint(done)  # keep the steps done: the state in memory is consistent
+        runlog.close()
+        hint = "" if saved_at is None else f"; checkpoint at step {saved_at} (--resume continues)"
+        raise type(failure)(f"{failure}{hint}") from None
+    if stop.signum is not None:
+        if saved_at != done:
+            checkpoint(done)  # a second signal here aborts the write: the old file stays
+        runlog.close()
+        raise Interrupted(stop.signum, done, checkpoint=True)
+    stop.graceful = False
+
+    with runlog.timers.timed("checkpoint"):
+        save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": stopped or total})
     summary = runlog.finish(t_compute, t_wait)
     if stopped is not None:
         summary["stopped_at_step"] = stopped
@@ -187,23 +282,49 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, Any
 
         summary["final"] = evaluate_run(out, net, store, val_ids, device, log=log,
                                         quiet=cfg.quiet)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary
+
+
+def _restore(ckpt: dict[str, Any], path: Path, **parts: Any) -> None:
+    """Load each part's state from ``ckpt``; a checkpoint of another network is one line."""
+    for name, part in parts.items():
+        try:
+            part.load_state_dict(ckpt["model" if name == "net" else name])
+        except PGPSInputError:
+            raise
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise PGPSInputError(
+                f"{path}: its {name} state does not fit this run ({type(exc).__name__}: "
+                f"{first}); resume with the settings the run was started with, or start a "
+                "new run with another --out") from None
 
 
 @torch.no_grad()
 def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.device,  # noqa: ANN001
-             amp_dtype: torch.dtype) -> list[float]:
-    """nnU-Net's pseudo-Dice per foreground class over the validation crops."""
+             amp_dtype: torch.dtype, timers: Timers | None = None) -> list[float]:
+    """nnU-Net's pseudo-Dice per foreground class over the validation crops.
+
+    ``timers`` gets the wait for the first batch (each pass starts the validation workers)
+    as ``validation_startup`` and the rest as ``validation``.
+    """
     net.eval()
     counts = None
-    for batch in val_loader:
+    t0, first = time.perf_counter(), True
+    for batch in loader_batches(val_loader):
+        if first and timers is not None:
+            t1 = time.perf_counter()
+            timers.add("validation_startup", t1 - t0)
+            t0, first = t1, False
         x = batch["image"].to(device, non_blocking=True)
         y = labels(batch["label"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
             logits = net(x)
         c = confusion_counts(logits.float(), y, labels.num_classes, labels.ignore_index)
         counts = c if counts is None else counts + c
+    if timers is not None:
+        timers.add("validation", time.perf_counter() - t0)
     if counts is None:
         return []
     tp, fp, fn = counts.double().unbind(1)
@@ -211,7 +332,7 @@ def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.d
     return [float("nan") if math.isnan(d) else round(float(d), 4) for d in dice.tolist()]
 
 
-def _write_model_json(out: Path, cfg: TrainConfig, net: torch.nn.Module, store, patch,  # noqa: ANN001
+def _write_model_json(out: Path, net: torch.nn.Module, store, patch,  # noqa: ANN001
                       num_classes: int) -> None:
     """What inference needs to rebuild the network and preprocess raw files like the store."""
     meta = store.meta
@@ -237,5 +358,4 @@ def _write_model_json(out: Path, cfg: TrainConfig, net: torch.nn.Module, store, 
         "use_mask_for_norm": bool(meta.get("plan", {}).get("use_mask_for_norm", False)),
         "file_ending": meta.get("file_ending", ".nii.gz"),
     }
-    (out / "model.json").write_text(json.dumps(model, indent=1))
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_json(out / "model.json", model)

@@ -30,7 +30,8 @@ PATCH = ["8", "16", "16"]
 FLAGS = ["--preset", "tiny", "--fold", "all", "--mode", "efficiency", "--patch", *PATCH,
          "--epochs", "0", "--iterations-per-epoch", "3", "--eval-every", "8",
          "--save-every", "7", "--workers", "1", "--no-final-eval", "--deterministic", "--quiet"]
-TIMINGS = ("seconds_compute", "seconds_wait")
+TIMINGS = ("seconds_compute", "seconds_wait", "seconds_validation", "seconds_validation_startup",
+           "seconds_checkpoint", "seconds_loader_startup")
 
 
 def _cmd(store: Path, out: Path, *extra: str) -> list[str]:
@@ -130,11 +131,12 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tiny_store: Path,
     for idx, state in opt_a["state"].items():
         assert torch.equal(state["momentum_buffer"], opt_b["state"][idx]["momentum_buffer"])
 
-    # a state only resumes the stream it came from: another seed is refused in one line
+    # a resume continues the run it came from: another seed is refused in one line
     lines: list[str] = []
     rc = _run_main([str(tiny_store), *FLAGS, "--out", str(a), "--resume", "--seed", "1"],
                    lines)
-    assert rc == 2 and len(lines) == 1 and "loader state" in lines[0] and "seed" in lines[0]
+    assert rc == 2 and len(lines) == 1, lines
+    assert "--seed 1 differs from the run's 0" in lines[0] and "config.json" in lines[0]
 
 
 def _run_main(argv: list[str], err: list[str]) -> int:

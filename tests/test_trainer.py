@@ -30,7 +30,13 @@ import pgps_train.trainer as trainer_mod
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
 from pgps_train import checkpoint as ckpt_mod
-from pgps_train.checkpoint import FINAL, LATEST, load_checkpoint, save_checkpoint
+from pgps_train.checkpoint import (
+    FINAL,
+    LATEST,
+    CheckpointWriteError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pgps_train.cli_train import main as train_main
 from pgps_train.networks import tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
@@ -79,8 +85,9 @@ def spied_train(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any], str]:
         seen["val_cases"] = list(cases)
         return SpyLoader(real_val(store, cur, cases, **kw), seen["val_batches"])
 
-    buf = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, one_thread(), contextlib.redirect_stdout(buf):
+    buf = io.StringIO()  # results (stdout) and progress, schedule, eval lines (stderr)
+    with pytest.MonkeyPatch.context() as mp, one_thread(), contextlib.redirect_stdout(buf), \
+            contextlib.redirect_stderr(buf):
         mp.setattr(trainer_mod, "make_loader", loader)
         mp.setattr(trainer_mod, "make_validation_loader", val_loader)
         summary = train(cfg, log=lambda *a, **k: print(*a, **k))
@@ -153,7 +160,9 @@ def test_run_files_and_log_rows(eff_run: dict[str, Any]) -> None:
 
     rows = read_csv(out / "log.csv")
     assert list(rows[0]) == ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
-                             "seconds_compute", "seconds_wait"]
+                             "seconds_compute", "seconds_wait", "seconds_validation",
+                             "seconds_validation_startup", "seconds_checkpoint",
+                             "seconds_loader_startup"]
     assert [int(r["step"]) for r in rows] == [2, 5, 8, 11, 14, 17, 19]
     lr0, prev_compute = cfg.lr, 0.0
     for r in rows:
@@ -241,8 +250,9 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", dies_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match="disk full") as err:
         save_checkpoint(path, {"step": 2, "w": torch.zeros(4)})
+    assert str(path) in str(err.value) and "previous checkpoint is intact" in str(err.value)
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     old = load_checkpoint(path)
     assert old["step"] == 1 and torch.equal(old["w"], torch.arange(4))

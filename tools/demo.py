@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / "runs" / mode
         cli = [str(store_path), "--out", str(out), "--preset", "tiny", "--mode", mode,
                "--seed", "0", *args.train_args.split()]
-        train(config_from_args(build_parser().parse_args(cli)))
+        train(config_from_args(build_parser().parse_args(cli)), overwrite=True)  # the demo's own runs
         runs.append(out)
 
     print("[4/4] comparison (validation fold, Dice in the source geometry):", flush=True)
