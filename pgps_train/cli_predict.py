@@ -8,10 +8,18 @@ channel file is always read as one (so a one-channel ``<id>_0000.nii.gz`` predic
 its first input file (NIfTI qform/sform and codes, or ITK origin/spacing/direction);
 ``--save-probabilities`` adds ``<id>.npz`` (key ``probabilities``, (K, Z, Y, X) float16
 in source geometry, compressed, no pickle) and ``<id>.json`` (what each channel stands
-for). ``OUT_DIR/labels.json`` records the labels for ``pgps-evaluate``.
+for). ``OUT_DIR/labels.json`` records the labels for ``pgps-evaluate``. Detached-header
+inputs (``.nhdr``, ``.mhd``: a header plus a data file) give the single-file form of the
+same format (``.nrrd``, ``.mha``), so every output is one file written atomically.
 
-A bad case prints one line and the others go on (exit 1); a bad model or folder is
-exit 2. Never a traceback.
+OUT_DIR is never INPUT_DIR nor inside it, and pgps-predict replaces only the files its
+manifest ``OUT_DIR/.pgps-predict.json`` lists unchanged (a rerun replaces its own outputs);
+anything else at an output's name is refused unless ``--overwrite``
+(:mod:`pgps_train.predict_output` has the rules and why).
+
+A bad case prints one line and the others go on (exit 1); a bad model or folder, or a
+file that may not be replaced, is exit 2 before anything is predicted. Ctrl-C or SIGTERM
+keeps the finished outputs (exit 130 / 143). Never a traceback.
 """
 
 from __future__ import annotations
@@ -21,15 +29,22 @@ import json
 import re
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from pgps_data.console import progress_console, protect_stdout
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.readers import file_ending, write_volume
+from pgps_data.interrupts import Interrupted, interrupts_as_exit
+from pgps_train.predict_output import MANIFEST, OutputDir, check_locations, is_disk_full
 
 PROG = "pgps-predict"
+LABELS_JSON = "labels.json"
 _CHANNEL_FILE = re.compile(r"(.+)_(\d{4})")
+_SINGLE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}  # detached header → the one-file form
 
 
 def find_cases(input_dir: str | Path, channels: int) -> tuple[dict[str, list[str]], list[str]]:
@@ -71,6 +86,13 @@ def find_cases(input_dir: str | Path, channels: int) -> tuple[dict[str, list[str
     return dict(sorted(cases.items())), problems
 
 
+def output_names(case_id: str, first_path: str | Path, probabilities: bool) -> list[str]:
+    """The files a case writes in OUT_DIR: the label map, then ``.npz`` and ``.json``."""
+    ending = file_ending(first_path) or ".nii.gz"
+    names = [f"{case_id}{_SINGLE_FILE.get(ending, ending)}"]
+    return names + ([f"{case_id}.npz", f"{case_id}.json"] if probabilities else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -80,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="folder with model.json and checkpoint_final.pt")
     p.add_argument("input_dir", help="raw images: <id><ending> (4D for several channels) "
                    "or <id>_<channel:04d><ending>")
-    p.add_argument("out_dir", help="where <id><ending> label maps are written")
+    p.add_argument("out_dir", help="where <id><ending> label maps are written (not INPUT_DIR "
+                   "nor inside it)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <id>.npz (float16 probabilities) and <id>.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace files at the output names that pgps-predict did not write "
+                   f"(default: refuse; its own, listed in OUT_DIR/{MANIFEST}, are replaced)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when available, else cpu")
@@ -92,73 +118,130 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status (0 ok, 1 some case failed, 2 unusable)."""
+    """Console entry point; returns the exit status (0 ok, 1 some case failed, 2 unusable,
+    130 / 143 interrupted by Ctrl-C / SIGTERM)."""
+    protect_stdout()
+    args = build_parser().parse_args(argv)
+    stopped = (f"interrupted; finished outputs in {args.out_dir} are kept, rerun to predict "
+               "the rest")
+    try:
+        # SIGINT/SIGTERM unwind through _run, so temporary files are removed and the
+        # finished outputs stay listed in the manifest.
+        with interrupts_as_exit(PROG, f"error: {stopped}"):
+            return _run(args)
+    except Interrupted as stop:
+        print(f"{PROG}: error: {stopped}", file=sys.stderr)
+        return stop.code
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from pgps_train import inference
 
-    args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        if device == "cuda" and not torch.cuda.is_available():
-            raise PGPSInputError("--device cuda: no CUDA device is available (use --device cpu)")
-        if not 0 <= args.overlap < 1:
-            raise PGPSInputError(f"--overlap {args.overlap}: must lie in [0, 1)")
-        model, config = inference.load_model(args.model_dir, device=device)
-        cases, problems = find_cases(args.input_dir, len(config["channel_names"]))
-        if not cases and not problems:
-            raise PGPSInputError(f"{args.input_dir}: no image files found (.nii.gz, .nrrd, .mha...)")
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "labels.json", {
-            key: config.get(key) for key in ("labels", "ignore_label", "regions_class_order")
-        })
-    except (PGPSInputError, OSError) as exc:
-        print(f"{PROG}: error: {_line(exc)}", file=sys.stderr)
-        return 2
-    for line in problems:
-        print(f"{PROG}: error: {line}", file=sys.stderr)
-    failed = len(problems)
-    for case_id, paths in _progress(list(cases.items()), args.quiet):
+    with ExitStack() as stack:
         try:
-            _predict_one(inference, model, config, case_id, paths, out, args, device)
-        except Exception as exc:  # noqa: BLE001 - one line per bad case, the others go on
-            failed += 1
-            print(f"{PROG}: error: {_line(exc, paths[0])}", file=sys.stderr)
-    done = len(cases) - (failed - len(problems))
-    print(f"{done} case(s) predicted, {failed} failed → {out}")
+            if device == "cuda" and not torch.cuda.is_available():
+                raise PGPSInputError("--device cuda: no CUDA device is available (use --device cpu)")
+            if not 0 <= args.overlap < 1:
+                raise PGPSInputError(f"--overlap {args.overlap}: must lie in [0, 1)")
+            check_locations(args.input_dir, args.out_dir)  # before anything is loaded or made
+            model, config = inference.load_model(
+                args.model_dir, device=device,
+                log=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
+            cases, problems = find_cases(args.input_dir, len(config["channel_names"]))
+            if not cases and not problems:
+                raise PGPSInputError(f"{args.input_dir}: no image files found (.nii.gz, .nrrd, .mha...)")
+            names, clashes = _plan(cases, args.save_probabilities)
+            problems += clashes
+            out = stack.enter_context(OutputDir(
+                args.out_dir, input_files=[p for ps in cases.values() for p in ps],
+                model_dir=args.model_dir, overwrite=args.overwrite))
+            if out.unlocked:
+                print(f"{PROG}: warning: {out.root}: this filesystem has no file locks; do not "
+                      "run two pgps-predict into this folder at once", file=sys.stderr)
+            out.check([LABELS_JSON, *(n for case in names.values() for n in case)])
+            out.write(LABELS_JSON, lambda tmp: _write_json(tmp, {
+                key: config.get(key) for key in ("labels", "ignore_label", "regions_class_order")
+            }))
+        except (PGPSInputError, OSError) as exc:
+            print(f"{PROG}: error: {_line(exc)}", file=sys.stderr)
+            return 2
+        for line in problems:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        done, failed = 0, len(problems)
+        todo = [(cid, cases[cid]) for cid in names]
+        bar = _progress(todo, args.quiet)
+        try:
+            for i, (case_id, paths) in enumerate(bar):
+                try:
+                    _predict_one(inference, model, config, case_id, paths, names[case_id], out,
+                                 args, device)
+                    done += 1
+                except Exception as exc:  # noqa: BLE001 - one line per bad case, the others go on
+                    failed += 1
+                    if is_disk_full(exc):
+                        failed += len(todo) - i - 1
+                        print(f"{PROG}: error: {out.root}: no space left while writing case "
+                              f"{case_id!r}; stopped with {len(todo) - i} case(s) not predicted "
+                              "(free some space and rerun; finished outputs are kept)",
+                              file=sys.stderr)
+                        break
+                    print(f"{PROG}: error: {_line(exc, paths[0])}", file=sys.stderr)
+        finally:
+            bar.close()
+    print(f"{done} case(s) predicted, {failed} failed → {out.root}")
     return 1 if failed else 0
 
 
-def _predict_one(inference, model, config, case_id, paths, out, args, device) -> None:  # noqa: ANN001
+def _plan(cases: dict[str, list[str]], probabilities: bool) -> tuple[dict[str, list[str]], list[str]]:
+    """Output names per case, and one problem line per case whose names clash with
+    pgps-predict's own files (``labels.json``, the manifest): such a case is skipped."""
+    names: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for case_id, paths in cases.items():
+        case_names = output_names(case_id, paths[0], probabilities)
+        clash = next((n for n in case_names if n in (LABELS_JSON, MANIFEST)), None)
+        if clash:
+            problems.append(f"{paths[0]}: case {case_id!r} would write {clash}, pgps-predict's "
+                            "own file; case skipped (rename the input)")
+        else:
+            names[case_id] = case_names
+    return names, problems
+
+
+def _predict_one(inference, model, config, case_id, paths, names, out, args, device) -> None:  # noqa: ANN001
     label, probs, geometry = inference.predict_case(
         model, config, paths, mirror=args.tta, device=device, overlap=args.overlap,
         return_probabilities=args.save_probabilities,
     )
-    ending = file_ending(paths[0]) or ".nii.gz"
-    write_volume(out / f"{case_id}{ending}", label, geometry, np.uint8)
+    out.write(names[0], lambda tmp: write_volume(tmp, label, geometry, np.uint8), case_id=case_id)
     if probs is not None:
-        np.savez_compressed(out / f"{case_id}.npz", probabilities=probs.astype(np.float16))
+        def write_npz(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: numpy adds no second ".npz"
+                np.savez_compressed(fh, probabilities=probs.astype(np.float16))
+
+        out.write(names[1], write_npz, case_id=case_id)
         regions = inference.has_regions(config["labels"])
-        _write_json(out / f"{case_id}.json", {
+        out.write(names[2], lambda tmp: _write_json(tmp, {
             "case_id": case_id,
             "nonlinearity": "sigmoid" if regions else "softmax",
             "channels": inference.output_values(config),  # label value (or region) per channel
             "regions_class_order": config.get("regions_class_order") if regions else None,
             "shape": list(label.shape),
-        })
+        }), case_id=case_id)
 
 
-def _progress(items: list, quiet: bool):  # noqa: ANN202
+def _progress(items: list, quiet: bool) -> Iterator:
     if quiet or not items:
         yield from items
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=progress_console(), transient=True) as bar:
         task = bar.add_task("predicting", total=len(items))
         for item in items:
             bar.update(task, description=f"predicting {item[0]}")
@@ -167,7 +250,7 @@ def _progress(items: list, quiet: bool):  # noqa: ANN202
 
 
 def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def _line(exc: BaseException, where: str | None = None) -> str:

@@ -12,6 +12,14 @@ definition).
 ``pgps-evaluate PRED_DIR LABEL_DIR`` takes the labels from ``--labels`` (a dataset.json
 in MSD or nnU-Net form) or else from ``PRED_DIR/labels.json`` (written by pgps-predict),
 prints a table and writes JSON (``--json``, default ``PRED_DIR/summary.json``).
+
+Every label in LABEL_DIR needs its prediction and every prediction its label: a mean over
+the cases that happen to be there is not the score of the set. A mismatch is one line
+naming the cases, exit 1 (as pgps-predict's "some case has no output"; 2 stays for
+unusable input), and nothing is written. ``--allow-missing`` scores the matched cases
+and records the others in the JSON (``missing``: labels without prediction,
+``unlabelled``: predictions without label). The JSON is written atomically and never
+replaces a file that is not an earlier pgps-evaluate result.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,12 +35,23 @@ from typing import Any
 
 import numpy as np
 
+from pgps_data.console import protect_stdout
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.cases import AFFINE_TOLERANCE
 from pgps_data.ingest.readers import file_ending, read_volume
 
 PROG = "pgps-evaluate"
+TOOL = "pgps-evaluate"  # marks its JSON results: only those are ever replaced
+SHOWN = 5  # cases named in a one-line message before "and N more"
 Labels = Mapping[str, int | list[int]]
+
+
+class MissingCasesError(PGPSInputError):
+    """Labels without a prediction or predictions without a label (exit 1, not 2)."""
+
+    def __init__(self, message: str, missing: list[str], unlabelled: list[str]):
+        super().__init__(message)
+        self.missing, self.unlabelled = missing, unlabelled
 
 
 def dice_scores(
@@ -88,24 +108,39 @@ def evaluate_folder(
     labels: Labels,
     ignore_label: int | None = None,
     file_ending: str | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Dice of every prediction in ``pred_dir`` against ``label_dir/<same id><ending>``.
 
     Returns ``{"per_case": {id: {label: dice}}, "mean": {label: mean or None},
-    "foreground_mean": float or None}``. Every prediction needs a reference (references
-    without a prediction are not scored). ``file_ending`` restricts both folders to one
-    ending; by default any readable ending, matched by case id. A prediction whose shape
-    or affine differs from its reference raises PGPSInputError naming both files.
+    "foreground_mean": float or None, "missing": [ids], "unlabelled": [ids]}``. A label
+    without a prediction (``missing``) or a prediction without a label (``unlabelled``)
+    raises :class:`MissingCasesError` naming them, before any file is read, unless
+    ``allow_missing``: then only the matched cases are scored and the lists say which
+    were not. ``file_ending`` restricts both folders to one ending; by default any
+    readable ending, matched by case id. A prediction whose shape or affine differs from
+    its reference raises PGPSInputError naming both files.
     """
     preds = _images(Path(pred_dir), file_ending)
     refs = _images(Path(label_dir), file_ending)
     if not preds:
         raise PGPSInputError(f"{pred_dir}: no prediction files found")
+    missing = sorted(set(refs) - set(preds))
+    unlabelled = sorted(set(preds) - set(refs))
+    if (missing or unlabelled) and not allow_missing:
+        todo = "predict the missing cases" if missing else "check LABEL_DIR"
+        raise MissingCasesError(f"{_mismatch(pred_dir, label_dir, missing, unlabelled, refs)} "
+                                f"({todo}, or give --allow-missing to score the matched cases "
+                                "only)", missing, unlabelled)
+    if len(unlabelled) == len(preds):
+        raise PGPSInputError(f"{pred_dir}: no prediction has a reference label in {label_dir} "
+                             "(is it the right LABEL_DIR?)")
     per_case: dict[str, dict[str, float | None]] = {}
     for case_id, pred_path in preds.items():
         ref_path = refs.get(case_id)
         if ref_path is None:
-            raise PGPSInputError(f"{pred_path}: no reference label {case_id}<ending> in {label_dir}")
+            continue  # unlabelled, allowed: recorded below
         pred, ref = read_volume(pred_path, channels=1), read_volume(ref_path, channels=1)
         if pred.data.shape != ref.data.shape:
             raise PGPSInputError(f"{pred_path}: shape {pred.data.shape} differs from reference "
@@ -115,7 +150,7 @@ def evaluate_folder(
                                  "predict in the label's geometry")
         per_case[case_id] = dice_scores(_ints(pred.data, pred_path), _ints(ref.data, ref_path),
                                         labels, ignore_label)
-    return summarise(per_case)
+    return {**summarise(per_case), "missing": missing, "unlabelled": unlabelled}
 
 
 def summarise(per_case: Mapping[str, Mapping[str, float | None]]) -> dict[str, Any]:
@@ -186,7 +221,9 @@ def print_table(results: Mapping[str, Any], console: Any = None, title: str = "D
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: 0 ok, 2 on a user error (one line, no traceback)."""
+    """Console entry point: 0 ok, 1 predictions and labels do not match (without
+    ``--allow-missing``), 2 on another user error (one line, no traceback)."""
+    protect_stdout()
     p = argparse.ArgumentParser(prog=PROG, description="Per-label Dice of predicted label maps "
                                 "against reference labels (nnU-Net's rules).")
     p.add_argument("pred_dir", help="predicted label maps <id><ending>")
@@ -196,24 +233,87 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="where to write the results "
                    "(default: PRED_DIR/summary.json)")
     p.add_argument("--file-ending", help="only files with this ending (e.g. .nii.gz)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score the matched cases when some label has no prediction (or some "
+                   "prediction no label); the JSON lists them (default: refuse, exit 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --json file that is not an earlier pgps-evaluate result")
     args = p.parse_args(argv)
     try:
         source = Path(args.labels) if args.labels else Path(args.pred_dir) / "labels.json"
         if not source.is_file():
             raise PGPSInputError(f"{source}: missing (give --labels dataset.json)")
         labels, ignore = load_labels(source)
-        results = evaluate_folder(args.pred_dir, args.label_dir, labels, ignore, args.file_ending)
         out = Path(args.json) if args.json else Path(args.pred_dir) / "summary.json"
-        out.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+        _check_replaceable(out, args.overwrite)
+        results = evaluate_folder(args.pred_dir, args.label_dir, labels, ignore, args.file_ending,
+                                  allow_missing=args.allow_missing)
+        _write_results(out, {"tool": TOOL, **_clean(results)})
+    except MissingCasesError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     except (PGPSInputError, OSError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    if results["missing"] or results["unlabelled"]:
+        what = _mismatch(args.pred_dir, args.label_dir, results["missing"], results["unlabelled"])
+        print(f"{PROG}: warning: {what}; scored the {len(results['per_case'])} matched case(s), "
+              f"all listed in {out}", file=sys.stderr)
     print_table(results)
     print(f"results → {out}")
     return 0
 
 
 # ----------------------------------------------------------------------------- internals
+
+
+def _mismatch(pred_dir: object, label_dir: object, missing: list[str], unlabelled: list[str],
+              refs: Mapping[str, Path] | None = None) -> str:
+    """One line naming the first few cases of each mismatch and their count."""
+    parts = []
+    if missing:
+        total = f" of {len(refs)}" if refs is not None else ""
+        parts.append(f"{pred_dir}: no prediction for {len(missing)}{total} labelled case(s) in "
+                     f"{label_dir}: {_some(missing)}")
+    if unlabelled:
+        where = "" if missing else f"{pred_dir}: "
+        parts.append(f"{where}{len(unlabelled)} prediction(s) have no label in {label_dir}: "
+                     f"{_some(unlabelled)}")
+    return "; ".join(parts)
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN])
+    return shown + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a file that is not an earlier pgps-evaluate result (or a folder)."""
+    if path.is_dir():
+        raise PGPSInputError(f"{path}: is a directory (give a file name with --json)")
+    if overwrite or not os.path.lexists(path):
+        return
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    # ours: marked, or shaped like a result of the versions before the mark
+    ours = isinstance(doc, dict) and (doc.get("tool") == TOOL or {
+        "per_case", "mean", "foreground_mean"} <= set(doc))
+    if not ours:
+        raise PGPSInputError(f"{path}: exists and is not a pgps-evaluate result; give another "
+                             "--json file or --overwrite to replace it")
+
+
+def _write_results(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write the JSON atomically (temporary file beside it, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            tmp.unlink()
 
 
 def _images(folder: Path, ending: str | None) -> dict[str, Path]:

@@ -34,6 +34,7 @@ from pgps_data.errors import PGPSInputError, read_json
 from pgps_data.ingest.cases import AFFINE_TOLERANCE
 from pgps_data.ingest.preprocess import preprocess_case, restore_to_source
 from pgps_data.ingest.readers import Volume, check_finite, geometry_dict, read_volume
+from pgps_train.checkpoint import load_checkpoint  # the one loader: integrity check, no pickle
 
 MODEL_JSON = "model.json"
 CHECKPOINT = "checkpoint_final.pt"
@@ -95,14 +96,17 @@ def predict_volume(
 
 
 def load_model(
-    model_dir: str | Path, *, device: str | torch.device = "cpu", builder: Builder | None = None
+    model_dir: str | Path, *, device: str | torch.device = "cpu", builder: Builder | None = None,
+    log: Callable[[str], Any] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The network of a MODEL_DIR (model.json + checkpoint_final.pt) and its config.
 
     ``builder(**config["network"])`` makes the module; by default
     :func:`pgps_train.networks.build_network` (imported only here). The checkpoint is
-    loaded with ``weights_only=True`` (no pickle). PGPSInputError names the file that is
-    missing or broken.
+    read only through :func:`pgps_train.checkpoint.load_checkpoint` (``weights_only=True``,
+    no pickle; its integrity check). PGPSInputError names the file that is missing or
+    broken. ``log`` receives load_checkpoint's one-line warnings (an unverified older
+    checkpoint); without it they are Python warnings.
     """
     folder = Path(model_dir)
     config = load_config(folder)
@@ -116,8 +120,11 @@ def load_model(
     except (TypeError, ValueError, KeyError) as exc:
         raise PGPSInputError(f"{folder / MODEL_JSON}: cannot build the network ({exc})") from exc
     try:
-        state = torch.load(ckpt, weights_only=True, map_location=torch.device(device))
+        extra = {} if log is None else {"log": log}
+        state = load_checkpoint(ckpt, device=torch.device(device), **extra)
         model.load_state_dict(state["model"] if "model" in state else state)
+    except PGPSInputError:  # already one line naming the checkpoint (damaged, checksum)
+        raise
     except Exception as exc:  # unpickling refused, truncated file, wrong keys or shapes
         msg = " ".join(str(exc).split())[:200]
         raise PGPSInputError(f"{ckpt}: cannot load the weights ({type(exc).__name__}: {msg})") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -75,7 +76,6 @@ def _folders(tmp_path: Path) -> tuple[Path, Path]:
     _save(ref / "a.nii.gz", a_ref)
     _save(pred / "b.nii.gz", PRED.reshape(1, 2, 5))
     _save(ref / "b.nii.gz", REF.reshape(1, 2, 5))  # case b: organ 2/3, lesion 1/2
-    _save(ref / "c.nii.gz", a_ref)  # a reference without prediction: not scored
     return pred, ref
 
 
@@ -103,11 +103,125 @@ def test_geometry_mismatch_is_refused(tmp_path: Path):
         evaluate_folder(pred, ref, {"organ": 1})
 
 
-def test_prediction_without_reference_is_refused(tmp_path: Path):
+# ------------------------------------------------ predictions and labels that do not match
+
+
+def _ds(tmp_path: Path) -> Path:
+    ds = tmp_path / "dataset.json"
+    ds.write_text(json.dumps({"labels": {"0": "background", "1": "organ", "2": "lesion"}}))
+    return ds
+
+
+def test_missing_prediction_is_named_and_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A label without its prediction: no mean over the others, exit 1, nothing written."""
+    pred, ref = _folders(tmp_path)
+    _save(ref / "c.nii.gz", np.zeros((2, 3, 4)))
+    with pytest.raises(PGPSInputError, match=r"no prediction for 1 of 3 labelled case\(s\) .*: c "):
+        evaluate_folder(pred, ref, {"organ": 1})
+    out = tmp_path / "res.json"
+    assert main([str(pred), str(ref), "--labels", str(_ds(tmp_path)), "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pgps-evaluate: error: {pred}: no prediction for 1")
+    assert ": c (" in err[0] and "--allow-missing" in err[0]
+    assert not out.exists() and "mean" not in captured.out
+
+
+def test_allow_missing_scores_the_found_and_records_the_missing(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture):
+    pred, ref = _folders(tmp_path)
+    _save(ref / "c.nii.gz", np.zeros((2, 3, 4)))
+    out = tmp_path / "res.json"
+    args = [str(pred), str(ref), "--labels", str(_ds(tmp_path)), "--json", str(out)]
+    assert main([*args, "--allow-missing"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["missing"] == ["c"] and doc["unlabelled"] == []
+    assert sorted(doc["per_case"]) == ["a", "b"]
+    assert doc["mean"]["organ"] == pytest.approx((1 + 4 / 6) / 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pgps-evaluate: warning: ")
+    assert "no prediction for 1 labelled case(s)" in err[0] and ": c;" in err[0]
+
+
+def test_many_missing_cases_name_the_first_few_and_the_count(tmp_path: Path):
+    pred, ref = _folders(tmp_path)
+    for i in range(8):
+        _save(ref / f"m{i}.nii.gz", np.zeros((2, 3, 4)))
+    with pytest.raises(PGPSInputError) as info:
+        evaluate_folder(pred, ref, {"organ": 1})
+    msg = str(info.value)
+    assert "no prediction for 8 of 10 labelled case(s)" in msg
+    assert "m0, m1, m2, m3, m4 and 3 more" in msg and "m5" not in msg and "\n" not in msg
+    assert info.value.missing == [f"m{i}" for i in range(8)]
+
+
+def test_prediction_without_label_is_named(tmp_path: Path, capsys: pytest.CaptureFixture):
     pred, ref = _folders(tmp_path)
     _save(pred / "d.nii.gz", np.zeros((2, 3, 4)))
-    with pytest.raises(PGPSInputError, match=r"d\.nii\.gz: no reference label"):
+    with pytest.raises(PGPSInputError, match=r"pred: 1 prediction\(s\) have no label in .*ref: d "):
         evaluate_folder(pred, ref, {"organ": 1})
+    out = tmp_path / "res.json"
+    args = [str(pred), str(ref), "--labels", str(_ds(tmp_path)), "--json", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "have no label" in err[0] and "check LABEL_DIR" in err[0]
+    assert main([*args, "--allow-missing"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["unlabelled"] == ["d"] and doc["missing"] == [] and "d" not in doc["per_case"]
+
+
+def test_no_matching_case_at_all_is_refused_even_when_allowed(tmp_path: Path):
+    pred, ref = _folders(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _save(other / "x.nii.gz", np.zeros((2, 3, 4)))
+    with pytest.raises(PGPSInputError, match="no prediction has a reference label"):
+        evaluate_folder(pred, other, {"organ": 1}, allow_missing=True)
+
+
+def test_results_never_replace_a_file_pgps_did_not_write(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture):
+    pred, ref = _folders(tmp_path)
+    mine = pred / "summary.json"
+    mine.write_text("my own notes")
+    args = [str(pred), str(ref), "--labels", str(_ds(tmp_path))]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pgps-evaluate: error: {mine}: exists and is not a pgps-evaluate result; "
+                   "give another --json file or --overwrite to replace it"]
+    assert mine.read_text() == "my own notes"
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads(mine.read_text())["tool"] == "pgps-evaluate"
+    assert main(args) == 0  # its own result is replaced on a rerun
+    assert [p.name for p in pred.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+class _ClosedPipe:
+    """A stdout whose reader went away: every write raises BrokenPipeError."""
+
+    encoding = "utf-8"
+
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        import io
+
+        raise io.UnsupportedOperation("no file descriptor")
+
+
+def test_closed_stdout_does_not_fail_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pred, ref = _folders(tmp_path)
+    out = tmp_path / "res.json"
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main([str(pred), str(ref), "--labels", str(_ds(tmp_path)), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["per_case"].keys() == {"a", "b"}
 
 
 def test_label_files_in_both_forms(tmp_path: Path):
