@@ -10,7 +10,7 @@ which raises a bare ``ValueError`` naming neither the array nor the chunk.
 :func:`read_checked` turns that into the same single line the fast reader gives::
 
     <store>/cases/<id>/image: chunk (z, y, x) fails its crc32c checksum (the store is
-    corrupt: re-convert the case with pgps-convert or restore it)
+    corrupt: pgps-inspect STORE --verify lists every bad chunk; ...)
 
 Chunks are named by their index in the array's (inner) chunk grid; the channel axis of an
 image, always one chunk, is left out.
@@ -37,7 +37,10 @@ __all__ = [
     "zarr_chunk_error",
 ]
 
-CORRUPT_HINT = "the store is corrupt: re-convert the case with pgps-convert or restore it"
+CORRUPT_HINT = (
+    "the store is corrupt: pgps-inspect STORE --verify lists every bad chunk; re-convert with "
+    "pgps-convert --overwrite or restore the store"
+)
 
 
 def crc_matches(data: np.ndarray) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -122,15 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     130 / 143 interrupted by Ctrl-C / SIGTERM)."""
     protect_stdout()
     args = build_parser().parse_args(argv)
-    stopped = (f"interrupted; finished outputs in {args.out_dir} are kept, rerun to predict "
-               "the rest")
+    kept = f"finished outputs in {args.out_dir} are kept, rerun to predict the rest"
     try:
         # SIGINT/SIGTERM unwind through _run, so temporary files are removed and the
         # finished outputs stay listed in the manifest.
-        with interrupts_as_exit(PROG, f"error: {stopped}"):
+        with interrupts_as_exit(PROG, f"error: stopped at once; {kept}"):
             return _run(args)
     except Interrupted as stop:
-        print(f"{PROG}: error: {stopped}", file=sys.stderr)
+        how = "terminated" if stop.code == 128 + signal.SIGTERM else "interrupted"
+        print(f"{PROG}: error: {how}; {kept}", file=sys.stderr)
         return stop.code
 
 
