@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from pgps_data.errors import PGPSInputError
 from pgps_train.cli_train import main as train_main
 from pgps_train.run_dir import check_run_folder, run_lock
+from tests.torch_threads import one_thread
 
 BASE = ["--preset", "tiny", "--fold", "all", "--patch", "8", "16", "16", "--workers", "1",
         "--iterations-per-epoch", "2", "--no-final-eval", "--quiet"]
@@ -21,13 +21,8 @@ BASE = ["--preset", "tiny", "--fold", "all", "--patch", "8", "16", "16", "--work
 
 def _cli(argv: list[str]) -> tuple[int, list[str]]:
     err = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = train_main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = train_main(argv)
     return rc, err.getvalue().strip().splitlines()
 
 

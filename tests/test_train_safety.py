@@ -42,28 +42,17 @@ from pgps_train.checkpoint import (
 from pgps_train.cli_train import main as train_main
 from pgps_train.networks import build_network, tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
+from tests.torch_threads import one_thread
 
 PATCH = ["8", "16", "16"]
 BASE = ["--preset", "tiny", "--fold", "all", "--patch", *PATCH, "--workers", "1",
         "--no-final-eval", "--deterministic", "--quiet"]
 
 
-@contextlib.contextmanager
-def torch_flags() -> Iterator[None]:
-    """One torch thread for the run; restores the process-global torch flags after it."""
-    threads, determ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(determ)
-
-
 def cli(argv: list[str]) -> tuple[int, list[str], str]:
     """``pgps-train`` in-process: (exit status, stderr lines, stdout)."""
     err, out = io.StringIO(), io.StringIO()
-    with torch_flags(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    with one_thread(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         rc = train_main(argv)
     return rc, err.getvalue().strip().splitlines(), out.getvalue()
 
@@ -435,7 +424,7 @@ def test_wait_excludes_validation_checkpoints_and_startup(tiny_store: Path, tmp_
                       epochs=1, iterations_per_epoch=8, batch=2, workers=1, eval_every=4,
                       eval_batches=3, save_every=4, device="cpu", fold="all",
                       final_eval=False, quiet=True, net_kwargs=tiny_kwargs("unet"))
-    with torch_flags():
+    with one_thread():
         s = train(cfg, log=lambda *a: None)
     # 2 validations (steps 4, 8) of 3 batches, checkpoints at 4 and 8 plus the final one
     assert s["seconds_loader_startup"] >= 1.0

@@ -40,21 +40,11 @@ from pgps_train.checkpoint import (
 from pgps_train.cli_train import main as train_main
 from pgps_train.networks import tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
+from tests.torch_threads import one_thread
 
 PATCH = [8, 16, 16]
+
 PLANS = Path(__file__).parent / "fixtures" / "nnunet" / "nnUNetPlans.json"
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Single-threaded torch for the run (two shared cores); restores the global flags."""
-    threads, determ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(determ)
 
 
 class SpyLoader:
