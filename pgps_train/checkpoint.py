@@ -146,12 +146,26 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a failed write leaves the old checkpoint, no debris
-        if isinstance(exc, OSError):
+        cause = _os_error(exc)
+        if cause is not None:
             kept = " (the previous checkpoint is intact)" if path.exists() else ""
             raise CheckpointWriteError(
-                f"{path}: cannot write the checkpoint: {exc.strerror or exc}{kept}; free space "
-                "or fix the folder's permissions, then continue with --resume") from exc
+                f"{path}: cannot write the checkpoint: {cause.strerror or cause}{kept}; free "
+                "space or fix the folder's permissions, then continue with --resume") from exc
         raise
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``exc`` itself, or one it was raised while
+    handling (on a full disk torch's zip writer raises a RuntimeError from its __exit__
+    while the write's OSError is being handled)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", *,
