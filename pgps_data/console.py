@@ -46,30 +46,24 @@ class _ClosedSafe(io.TextIOBase):
         except (OSError, ValueError, io.UnsupportedOperation):
             pass
 
-    def write(self, text: str) -> int:
+    def _forward(self, call: Any, *args: Any) -> Any:
+        """``call(*args)`` on the inner stream, unless the pipe is (or now turns out) closed."""
         if self.closed_pipe:
-            return len(text)
+            return None
         try:
-            return self.inner.write(text)
-        except BrokenPipeError:
-            self._gone()
-        except OSError as exc:
+            return call(*args)
+        except OSError as exc:  # BrokenPipeError is the EPIPE OSError
             if exc.errno != errno.EPIPE:
                 raise
             self._gone()
-        return len(text)
+            return None
+
+    def write(self, text: str) -> int:
+        written = self._forward(self.inner.write, text)
+        return len(text) if written is None else written
 
     def flush(self) -> None:
-        if self.closed_pipe:
-            return
-        try:
-            self.inner.flush()
-        except BrokenPipeError:
-            self._gone()
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            self._gone()
+        self._forward(self.inner.flush)
 
     def fileno(self) -> int:
         return self.inner.fileno()
