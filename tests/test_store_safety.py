@@ -329,3 +329,30 @@ def test_every_case_refused_prints_each_reason_then_one_line(
     assert len(err.splitlines()) == 1 and "no usable training case" in err
     assert "3 case(s) refused" in err and "foreground" not in err
     assert not out.exists()  # nothing was written, not even the lock's folder
+
+
+def test_the_raw_folder_given_as_output_is_never_touched(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    raw = write_synthetic_dataset(tmp_path / "data" / "Task09_Twice", cases=2, test_cases=0,
+                                  size=(16, 32, 32), seed=3)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                    if p.is_file())
+    for out in (raw, raw.parent):  # OUT = RAW_DIR, and OUT holding RAW_DIR
+        for extra in ([], ["--overwrite"]):
+            rc, _, err = _cli([str(raw), str(out), *extra], capsys)
+            assert rc == 2 and "nothing was written" in err and len(err.strip().splitlines()) == 1
+    after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                   if p.is_file())
+    assert after == before
+
+
+def test_raw_data_inside_the_output_store_is_never_deleted(raw: Path, clean: Path,
+                                                           tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    store = tmp_path / "s.zarr"
+    shutil.copytree(clean, store)
+    inside = store / "cases" / "Task03_Safe"  # a user keeps the raw data inside the store
+    shutil.copytree(raw, inside)
+    rc, _, err = _cli([str(inside), str(store), "--overwrite"], capsys)
+    assert rc == 2 and "holds it" in err
+    assert (inside / "dataset.json").is_file() and sorted(inside.rglob("*.nii.gz"))

@@ -79,6 +79,12 @@ def convert(
     raw_dir, out = Path(raw_dir).resolve(), Path(out)
     if codec not in ("default", "none"):
         raise PGPSInputError(f"--codec {codec}: unknown codec; use 'default' or 'none'")
+    real_out = out.resolve()
+    if real_out == raw_dir or real_out in raw_dir.parents:  # the raw data given twice
+        raise PGPSInputError(
+            f"{out}: is the raw dataset folder {raw_dir} or holds it; choose an output path "
+            "outside the raw data (nothing was written)"
+        )
     spec = discover(raw_dir)
     log(
         f"Detected {spec.layout.upper()} layout in {raw_dir}: {len(spec.training)} training "
