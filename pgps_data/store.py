@@ -286,6 +286,12 @@ class Case:
                 "(re-convert the case with pgps-convert or restore it)",
                 path=f"{self.where}/{name}",
             ) from None
+        except (ValueError, TypeError) as exc:  # its zarr.json is damaged (not checksummed)
+            raise PGPSInputError(
+                f"array metadata (zarr.json) is unreadable ({type(exc).__name__}); the store "
+                "is corrupt: re-convert with pgps-convert --overwrite or restore the store",
+                path=f"{self.where}/{name}",
+            ) from None
 
     def _fast(self, which: str) -> FastArray | None:
         attr = f"_fast_{which}"

@@ -4,7 +4,9 @@ Every array of every case (image, label, foreground indices) is read chunk by ch
 the fast reader where it can (:meth:`pgps_data.zarr_fastread.FastArray.scan`: every crc32c
 is verified whatever the reader's ``verify`` policy, and every chunk decoded), else by
 zarr-python one chunk at a time. Each bad chunk gives one line naming store, case, array
-and chunk; cases marked complete whose arrays are gone give one line each. Arrays of older
+and chunk; cases marked complete whose arrays are gone give one line each; a case whose
+chunks all pass is then read whole and compared with the content checksum its writer
+recorded (a deleted chunk file reads as fill and has no crc to fail). Arrays of older
 stores, written without checksums, can only be decoded; they are counted as unverified.
 """
 
@@ -22,6 +24,7 @@ import zarr
 from pgps_data.chunk_crc import zarr_chunk_error
 from pgps_data.errors import PGPSInputError
 from pgps_data.store import Store
+from pgps_data.store_write import content_checksum
 from pgps_data.zarr_fastread import FastArray
 
 __all__ = ["VerifyResult", "array_count", "verify_store"]
@@ -97,6 +100,7 @@ def verify_store(
             if advance is not None:
                 advance(len(names))
             continue
+        case_bad = False
         for name in names:
             try:
                 checked, lines, has_crc = _scan(case.group[name])
@@ -108,11 +112,31 @@ def verify_store(
             result.chunks += checked
             for line in lines:
                 bad(line)
+            case_bad = case_bad or bool(lines)
             if not has_crc:
                 result.unverified.append(f"{case.where}/{name}")
             if advance is not None:
                 advance(1)
+        if not case_bad and case.meta.get("checksum"):
+            line = _content_mismatch(case, names)
+            if line is not None:
+                bad(line)
     return result
+
+
+def _content_mismatch(case, names: list[str]) -> str | None:  # noqa: ANN001
+    """One line when the case's arrays, read whole, differ from the content checksum the
+    writer recorded: what per-chunk crcs cannot see (a chunk or shard file deleted reads
+    as fill, a shard swapped with another case's)."""
+    try:
+        arrays = [(name, case.group[name][...]) for name in names]
+    except (KeyError, ValueError, RuntimeError, PGPSInputError) as exc:
+        return f"{case.where}: cannot be read whole for its content checksum ({exc})"
+    if content_checksum(arrays) != case.meta["checksum"]:
+        return (f"{case.where}: content differs from its recorded checksum (a chunk or shard "
+                "file is missing or was replaced); re-convert with pgps-convert --overwrite "
+                "or restore the store")
+    return None
 
 
 def _names(store: Store, cid: str) -> list[str]:

@@ -257,8 +257,8 @@ def content_checksum(arrays: list[tuple[str, np.ndarray]]) -> str:
 def safe_remove(target: Path, store: Path) -> None:
     """Delete ``target``, but only if it is pgps's to delete; else raise, deleting nothing.
 
-    Allowed: a folder directly inside the store's ``cases/`` or ``test/`` (a case), not a
-    symlink, resolved path and all; or one of pgps's own entries of the store root
+    Allowed: a folder directly inside the ``cases/`` or ``test/`` of a pgps store (a
+    case), not a symlink, resolved path and all; or one of pgps's own entries of the store root
     (``cases``, ``test``, ``zarr.json``, zarr's temp files) while the root is a pgps store
     or a bare root, i.e. when ``--overwrite`` clears it. Every delete in the writer and
     the converter goes through here.
@@ -271,7 +271,7 @@ def safe_remove(target: Path, store: Path) -> None:
         real = target.resolve()
         if real.parent in (real_store / TRAIN_GROUP, real_store / TEST_GROUP) and (
             target.name == real.name and case_id_problem(real.name) is None
-        ):
+        ) and root_state(store) == "store":  # a case folder of a pgps store, nobody else's
             _rm(real)
             return
         own = target.name in _OWN_ROOT_ENTRIES or _PARTIAL.fullmatch(target.name)

@@ -265,7 +265,10 @@ class FastArray:
             if nbytes != want:
                 raise self._bad(k, f"has {nbytes} bytes, expected {want}")
             if check:
-                if not crc_matches(FILES.view(path, offset, np.uint8, (nbytes,))):
+                raw = FILES.view(path, offset, np.uint8, (nbytes,))
+                if raw is None:  # the file vanished since it was located
+                    return None
+                if not crc_matches(raw):
                     raise self._bad(k)
                 FILES.set_verified(path, offset)
             return FILES.view(path, offset, self._stored, self.chunks)

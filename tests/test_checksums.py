@@ -221,3 +221,30 @@ def _fresh_files() -> None:
 
     mapped_files.FILES.maps.clear()
     mapped_files.FILES.checked.clear()
+
+
+def test_verify_finds_a_deleted_chunk_file_by_the_content_checksum(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A deleted shard reads as fill (no crc to fail): the case's content checksum sees it."""
+    store = _copy(tiny_store, tmp_path)
+    path, *_ = _stored_chunk(store / "cases" / CASE / "label")
+    path.unlink()
+    assert inspect_main([str(store), "--verify"]) == 1
+    bad = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bad: ")]
+    assert len(bad) == 1 and f"cases/{CASE}: content differs from its recorded checksum" in bad[0]
+
+
+def test_a_damaged_array_metadata_file_is_one_line(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = _copy(tiny_store, tmp_path)
+    meta = store / "cases" / CASE / "image" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:100])  # truncated
+    with pytest.raises(PGPSInputError) as exc:
+        open_store(store)[CASE]
+    _one_line(exc, f"cases/{CASE}/image: array metadata (zarr.json) is unreadable")
+    capsys.readouterr()
+    assert inspect_main([str(store), "--verify"]) == 2  # the table cannot describe the case
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image: array metadata (zarr.json) is unreadable" in err[0], err

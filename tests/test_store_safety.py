@@ -356,3 +356,32 @@ def test_raw_data_inside_the_output_store_is_never_deleted(raw: Path, clean: Pat
     rc, _, err = _cli([str(inside), str(store), "--overwrite"], capsys)
     assert rc == 2 and "holds it" in err
     assert (inside / "dataset.json").is_file() and sorted(inside.rglob("*.nii.gz"))
+
+
+def test_case_folders_of_a_folder_that_is_not_a_pgps_store_are_never_deleted(
+    tmp_path: Path,
+) -> None:
+    user = tmp_path / "userdir"
+    (user / "cases" / "synth_000").mkdir(parents=True)
+    (user / "cases" / "synth_000" / "notes.txt").write_text("precious")
+    with pytest.raises(PGPSInputError, match="nothing was deleted"):
+        safe_remove(user / "cases" / "synth_000", user)
+    assert (user / "cases" / "synth_000" / "notes.txt").read_text() == "precious"
+
+
+def test_workers_get_an_absolute_store_path(raw: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask.distributed workers resolve a relative OUT against their own working folder."""
+    import pgps_data.ingest.convert as convert_mod
+
+    seen: list[Path] = []
+    real = convert_mod.run_per_case
+
+    def spy(fn, items, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.extend(item[2] for item in items if fn is convert_mod.convert_case)
+        return real(fn, items, **kw)
+
+    monkeypatch.setattr(convert_mod, "run_per_case", spy)
+    monkeypatch.chdir(tmp_path)
+    convert(raw, "rel.zarr", quiet=True, log=lambda _: None)
+    assert seen and all(p == tmp_path / "rel.zarr" and p.is_absolute() for p in seen)

@@ -76,7 +76,9 @@ def convert(
     The summary has ``converted``, ``skipped`` (already complete), ``errors`` (one line
     each) and ``layout``. Raises PGPSInputError when the dataset as a whole is unusable.
     """
-    raw_dir, out = Path(raw_dir).resolve(), Path(out)
+    # OUT absolute: dask.distributed workers resolve a relative path against their own
+    # working folder, which is not where the client checked and locked the store.
+    raw_dir, out = Path(raw_dir).resolve(), Path(out).absolute()
     if codec not in ("default", "none"):
         raise PGPSInputError(f"--codec {codec}: unknown codec; use 'default' or 'none'")
     real_out = out.resolve()
