@@ -1,4 +1,4 @@
-"""Where the command-line tools write: progress on stderr, results on a stdout that may close.
+"""Where the command-line tools write: progress on stderr, results on stdout; either may close.
 
 Long jobs (convert, train, predict) must not die because a reader of their output went
 away (``pgps-convert ... | head``, a log pipe whose reader was killed). Rich's own
@@ -6,8 +6,9 @@ broken-pipe handler ends the process with status 1 and no message, and a plain `
 raises ``BrokenPipeError``. So:
 
 - progress bars and live status go to :func:`progress_console` (stderr);
-- every CLI's ``main`` calls :func:`protect_stdout` first: from the first write that finds
-  stdout closed on, stdout is sent to ``/dev/null`` and the job goes on.
+- every CLI's ``main`` calls :func:`protect_output` first: from the first write that finds
+  stdout (or stderr: ``2>&1 | tee log`` whose tee died) closed on, that stream is sent to
+  ``/dev/null`` and the job goes on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["progress_console", "protect_stdout"]
+__all__ = ["progress_console", "protect_output"]
 
 
 def progress_console() -> Any:
@@ -79,7 +80,13 @@ class _ClosedSafe(io.TextIOBase):
         return True
 
 
-def protect_stdout() -> None:
-    """Make a closed stdout harmless for the rest of this process (idempotent)."""
-    if not isinstance(sys.stdout, _ClosedSafe) and sys.stdout is not None:
+def protect_output() -> None:
+    """Make a closed stdout or stderr harmless for the rest of this process (idempotent).
+
+    Rich's consoles look ``sys.stdout`` / ``sys.stderr`` up at each write, so progress bars
+    drawn after this call go through the guard too.
+    """
+    if sys.stdout is not None and not isinstance(sys.stdout, _ClosedSafe):
         sys.stdout = _ClosedSafe(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, _ClosedSafe):
+        sys.stderr = _ClosedSafe(sys.stderr)

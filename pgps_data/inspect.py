@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pgps_data.console import progress_console, protect_stdout
+from pgps_data.console import progress_console, protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.store import Store, open_store
 
@@ -124,7 +124,7 @@ def print_table(desc: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    protect_stdout()
+    protect_output()
     p = argparse.ArgumentParser(prog="pgps-inspect", description="Describe a pgps store.")
     p.add_argument("store", help="a store made by pgps-convert")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pgps_data.console import progress_console, protect_stdout
+from pgps_data.console import progress_console, protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.readers import file_ending, write_volume
 from pgps_data.interrupts import Interrupted, interrupts_as_exit
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 1 some case failed, 2 unusable,
     130 / 143 interrupted by Ctrl-C / SIGTERM)."""
-    protect_stdout()
+    protect_output()
     args = build_parser().parse_args(argv)
     kept = f"finished outputs in {args.out_dir} are kept, rerun to predict the rest"
     try:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from pgps_data.console import protect_stdout
+from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.watchdog import LoaderWorkerError
 from pgps_train.interrupts import Interrupted
@@ -120,9 +120,10 @@ def resume_config(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    protect_stdout()  # a closed stdout (a pipe whose reader left) must not end a long run
+    protect_output()  # a closed stdout (a pipe whose reader left) must not end a long run
     args = build_parser().parse_args(argv)
-    resume_cmd = shlex.join(["pgps-train", args.store, "--out", args.out, "--resume"])
+    resume_cmd = shlex.join(["pgps-train", args.store, "--out", args.out, "--resume",
+                             *(["--allow-incomplete"] if args.allow_incomplete else [])])
     try:
         from pgps_train.run_config import saved_config
         from pgps_train.trainer import train

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pgps_data.console import protect_stdout
+from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.cases import AFFINE_TOLERANCE
 from pgps_data.ingest.readers import file_ending, read_volume
@@ -223,7 +223,7 @@ def print_table(results: Mapping[str, Any], console: Any = None, title: str = "D
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: 0 ok, 1 predictions and labels do not match (without
     ``--allow-missing``), 2 on another user error (one line, no traceback)."""
-    protect_stdout()
+    protect_output()
     p = argparse.ArgumentParser(prog=PROG, description="Per-label Dice of predicted label maps "
                                 "against reference labels (nnU-Net's rules).")
     p.add_argument("pred_dir", help="predicted label maps <id><ending>")

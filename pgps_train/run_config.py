@@ -11,7 +11,7 @@ in every checkpoint). On ``--resume``:
   flag and both values: a different ``--net``, ``--patch``, ``--seed`` ... would make
   another run. :data:`HARMLESS` flags may differ (they change neither the batches nor the
   weights); of those, :data:`PER_INVOCATION` ones apply only to the command that gives
-  them (``--max-seconds``, ``--quiet``, ``--allow-incomplete``);
+  them (``--max-seconds``, ``--quiet``, ``--allow-incomplete``, ``--device``);
 - the store must be the one the run trained on: a store re-converted under the same path
   (another creation id) or holding other content under the same case ids (another
   checksum) is refused in one line. The store's path itself may change (a moved store).
@@ -31,7 +31,8 @@ STORE_IDENTITY = "store_identity.json"
 
 HARMLESS = frozenset({"workers", "device", "save_every", "final_eval", "quiet", "max_seconds",
                       "allow_incomplete"})
-PER_INVOCATION = frozenset({"quiet", "max_seconds", "allow_incomplete"})
+# not read back: the device is chosen as for a new run (a GPU run may resume on a CPU)
+PER_INVOCATION = frozenset({"quiet", "max_seconds", "allow_incomplete", "device"})
 NOT_COMPARED = frozenset({"store", "out"})  # the store is compared by identity, not path
 INFORMATIONAL = frozenset({"preset"})  # its values are in config.json; only a flag is checked
 PATHS = frozenset({"splits", "nnunet_plans"})

@@ -55,7 +55,7 @@ from pgps_train.run_config import (
     write_json,
     write_run_record,
 )
-from pgps_train.run_dir import check_run_folder, run_lock
+from pgps_train.run_dir import check_run_folder, clear_run, run_lock
 from pgps_train.runlog import RunLog, Timers
 
 
@@ -109,6 +109,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  #
     out = Path(cfg.out)
     with run_lock(out), StopSignals() as stop:
         check_run_folder(out, resume=resume, overwrite=overwrite)
+        if overwrite and not resume:
+            clear_run(out)  # the old run's checkpoints must never be resumed by this one
         out.mkdir(parents=True, exist_ok=True)
         return _train(cfg, out, resume, log, stop)
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pgps_data.errors import PGPSInputError
 from pgps_train.cli_train import main as train_main
-from pgps_train.run_dir import check_run_folder, run_lock
+from pgps_train.run_dir import RUN_OUTPUTS, check_run_folder, clear_run, run_lock
 from tests.torch_threads import one_thread
 
 BASE = ["--preset", "tiny", "--fold", "all", "--patch", "8", "16", "16", "--workers", "1",
         "--iterations-per-epoch", "2", "--no-final-eval", "--quiet"]
+
+
+RUN_CONFIG = {"store": "s.zarr", "out": "run", "mode": "efficiency", "net": "unet",
+              "rules": "journal-2025", "seed": 0}
 
 
 def _cli(argv: list[str]) -> tuple[int, list[str]]:
@@ -33,7 +39,7 @@ def test_check_run_folder_rules(tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(RUN_CONFIG))
     with pytest.raises(PGPSInputError, match="holds a pgps-train run already; add --resume"):
         check_run_folder(run, resume=False, overwrite=False)
     check_run_folder(run, resume=True, overwrite=False)
@@ -84,3 +90,54 @@ def test_train_never_writes_into_a_users_folder(tiny_store: Path, tmp_path: Path
     assert rc == 2 and len(lines) == 1 and "not a pgps-train run" in lines[0], lines
     assert os.listdir(mine) == ["config.json.bak"]
     assert (mine / "config.json.bak").read_text() == "keep me"
+
+
+def test_a_users_config_json_is_not_a_run(tiny_store: Path, tmp_path: Path) -> None:
+    """A folder is a run by its config.json's content, not by file names."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "summary.json").write_text('{"mine": true}')
+    rc, lines = _cli([str(tiny_store), "--out", str(mine), *BASE, "--overwrite"])
+    assert rc == 2 and len(lines) == 1 and "not a pgps-train run" in lines[0], lines
+    assert (mine / "config.json").read_text() == '{"my": "settings"}'
+    assert sorted(os.listdir(mine)) == ["config.json", "summary.json"]
+
+
+def test_overwrite_clears_only_the_previous_runs_own_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "validation").mkdir()
+    for name in RUN_OUTPUTS:
+        if name not in ("tensorboard", "validation"):
+            (run / name).write_text("old")
+    (run / "config.json").write_text(json.dumps(RUN_CONFIG))
+    (run / "my_notes.txt").write_text("keep")
+    clear_run(run)
+    assert os.listdir(run) == ["my_notes.txt"]  # the old checkpoints can never be resumed
+
+
+def test_overwrite_after_a_finished_run_starts_from_step_0(tiny_store: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _cli([str(tiny_store), "--out", str(out), *BASE, "--seed", "1"])[0] == 0
+    old = torch.load(out / "checkpoint_latest.pt", weights_only=True)["step"]
+    (out / "checkpoint_latest.pt").rename(out / "keep.pt")  # only the final one stays
+    rc, lines = _cli([str(tiny_store), "--out", str(out), *BASE, "--overwrite",
+                      "--max-seconds", "0.001"])
+    assert rc == 0, lines
+    new = torch.load(out / "checkpoint_latest.pt", weights_only=True)["step"]
+    assert new < old and (out / "keep.pt").is_file()
+
+
+def test_a_gpu_run_resumes_on_a_machine_without_one(tiny_store: Path, tmp_path: Path) -> None:
+    """--device is chosen per command (like --workers), not read back from config.json."""
+    out = tmp_path / "run"
+    assert _cli([str(tiny_store), "--out", str(out), *BASE, "--max-seconds", "0.001"])[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    config["device"] = "cuda"  # as a run started on a GPU machine records it
+    (out / "config.json").write_text(json.dumps(config))
+    rc, lines = _cli([str(tiny_store), "--out", str(out), "--resume", "--quiet"])
+    assert rc == 0, lines
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert json.loads((out / "config.json").read_text())["device"] == want

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pgps_data.console import protect_stdout
+from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.cases import convert_case, fingerprint_case
 from pgps_data.ingest.layouts import DatasetSpec, discover
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    protect_stdout()  # a closed stdout (| head, a dead log pipe) must not end the job
+    protect_output()  # a closed stdout (| head, a dead log pipe) must not end the job
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
