@@ -9,6 +9,7 @@ stops the mapper, whose ``next()`` then ends, and the batcher raises
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from typing import Any
@@ -18,7 +19,7 @@ class LoaderWorkerError(RuntimeError):
     """A loader worker died or failed; the message (one line) says which and why."""
 
 
-_WORKER_LINE = "loader worker (pid "
+_WORKER_LINE = re.compile(r"loader worker \(pid \d+\) failed on case .*")
 
 
 def worker_failure_line(exc: BaseException) -> str | None:
@@ -28,10 +29,8 @@ def worker_failure_line(exc: BaseException) -> str | None:
     traceback text as its message (once per thread it crossed); the worker's own line is
     the last line that names the loader worker.
     """
-    lines = [ln for ln in str(exc).splitlines() if _WORKER_LINE in ln]
-    if not lines:
-        return None
-    return lines[-1][lines[-1].index(_WORKER_LINE):].strip()
+    lines = [m.group(0) for ln in str(exc).splitlines() if (m := _WORKER_LINE.search(ln))]
+    return lines[-1].strip() if lines else None
 
 
 class WorkerWatchdog:

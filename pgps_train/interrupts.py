@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.watchdog import LoaderWorkerError
+from pgps_data.watchdog import LoaderWorkerError, worker_failure_line
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -98,7 +98,6 @@ class WorkerDataError(PGPSInputError):
     """A loader worker could not read the store (corrupt chunk, missing array)."""
 
 
-_WORKER_LINE = re.compile(r"loader worker \(pid \d+\) failed on case .*")
 _INPUT_ERROR = re.compile(r": (?:[\w.]+\.)?PGPSInputError: (.*)$")
 
 
@@ -110,12 +109,11 @@ def loader_failure(exc: BaseException) -> Exception | None:
     torchdata's RuntimeError holding the tracebacks; a PGPSInputError reason (the store
     is corrupt or incomplete) becomes a WorkerDataError with that reason alone.
     """
-    lines = [m.group(0) for line in str(exc).splitlines() if (m := _WORKER_LINE.search(line))]
-    if not lines:
+    line = worker_failure_line(exc)
+    if line is None:
         if isinstance(exc, LoaderWorkerError):  # a dead worker (the watchdog's line)
             return LoaderWorkerError(" ".join(str(exc).split()))
         return None
-    line = lines[-1].strip()
     data = _INPUT_ERROR.search(line)
     if data:  # the store is at fault: say what the reader said (it names case and chunk)
         return WorkerDataError(data.group(1))

@@ -99,9 +99,9 @@ def convert(
         log(f"error: {line}")
 
     fingerprint = _inputs_fingerprint(spec, spacing, codec)
-    _refuse_foreign_target(out, fingerprint, overwrite)  # before the lock file is made
+    check_target(out, fingerprint, overwrite=overwrite)  # before the lock file is made
     with store_lock(out):
-        _refuse_foreign_target(out, fingerprint, overwrite)  # again: now nobody else writes
+        check_target(out, fingerprint, overwrite=overwrite)  # again: now nobody else writes
         return _convert_locked(spec, out, fingerprint, spacing=spacing, workers=workers,
                                scheduler=scheduler, codec=codec, overwrite=overwrite,
                                quiet=quiet, log=log)
@@ -160,11 +160,6 @@ def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, *, spacing, 
         "errors": errors,
         "store": str(out),
     }
-
-
-def _refuse_foreign_target(out: Path, fingerprint: str, overwrite: bool) -> None:
-    """Refuse before any work when OUT is not ours to continue (nothing is ever lost)."""
-    check_target(out, fingerprint, overwrite=overwrite)
 
 
 def _refuse_no_training_case(spec: DatasetSpec, stat_errors: list[str], log) -> None:  # noqa: ANN001
