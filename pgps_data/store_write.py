@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pgps_data.atomic_write import write_atomic
 from pgps_data.case_ids import check_case_id as case_id_problem
 from pgps_data.errors import PGPSInputError
 from pgps_data.layout import LAYOUTS, write_array
@@ -308,16 +308,10 @@ def _write_group(folder: Path, attrs: dict[str, Any], *, what: str, store: Path 
 def _write_json_atomic(path: Path, doc: dict[str, Any], *, store: Path, what: str) -> None:
     """Write ``doc`` to ``path`` via a temp file beside it and ``os.replace``: a reader (or
     a crash) sees the old file or the new one, never a partial one."""
-    tmp = path.with_name(f"zarr.{uuid.uuid4().hex}.partial")
     data = json.dumps(doc, indent=2, allow_nan=True).encode()
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    try:  # the temp name is one root_state and --overwrite know as pgps's own
+        write_atomic(path, data, tmp=path.with_name(f"zarr.{uuid.uuid4().hex}.partial"))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise _write_error(store, exc, what) from None
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from pgps_data.atomic_write import write_atomic
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.ingest.cases import AFFINE_TOLERANCE
@@ -307,13 +308,7 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
 
 def _write_results(path: Path, doc: Mapping[str, Any]) -> None:
     """Write the JSON atomically (temporary file beside it, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            tmp.unlink()
+    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
 def _images(folder: Path, ending: str | None) -> dict[str, Path]:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pgps_data.atomic_write import write_atomic
 from pgps_data.errors import PGPSInputError
 
 MANIFEST = ".pgps-predict.json"
@@ -229,17 +230,9 @@ class OutputDir:
         self.manifest["updated"] = _now()
         if self.model_dir is not None:
             self.manifest["model_dir"] = self.model_dir
-        tmp = self._tmp_path(MANIFEST)
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.manifest, fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.root / MANIFEST)
-        finally:
-            if os.path.lexists(tmp):
-                tmp.unlink()
+        write_atomic(self.root / MANIFEST,
+                     (json.dumps(self.manifest, indent=2) + "\n").encode("utf-8"),
+                     tmp=self._tmp_path(MANIFEST))
 
     def _forget(self, name: str, old: object) -> None:
         if old is None:

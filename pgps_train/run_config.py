@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pgps_data.atomic_write import write_atomic
 from pgps_data.errors import PGPSInputError, read_json
 
 CONFIG = "config.json"
@@ -160,13 +161,7 @@ def check_store(store: Any, recorded: dict[str, Any] | None, out: str | os.PathL
 # -- writing ----------------------------------------------------------------------------------
 def write_json(path: Path, doc: Any) -> None:
     """Write ``doc`` as JSON atomically (a kill never leaves half a config.json)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(doc, indent=1).encode())
 
 
 def write_run_record(out: Path, config: dict[str, Any], identity: dict[str, Any]) -> None:
