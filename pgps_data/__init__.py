@@ -1,6 +1,7 @@
 """pgps_data: raw datasets → zarr v3 store → curriculum-sized crops, up to a batch on the host.
 
-    from pgps_data import open_store, Curriculum, make_loader
+    from pgps_data import convert, open_store, Curriculum, make_loader
+    convert("Task01_Liver", "Task.zarr")            # MSD or nnU-Net raw → zarr v3 store
     store = open_store("Task.zarr")
     case = store[store.case_ids[0]]
     image, label = case.read(origin=(0, 0, 0), shape=(32, 64, 64))
@@ -16,13 +17,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "open_store": "pgps_data.store",
-    "Store": "pgps_data.store",
-    "Case": "pgps_data.store",
+    # raw → store
+    "convert": "pgps_data.raw.convert",
+    "write_synthetic_dataset": "pgps_data.synthetic.dataset",
+    # the store
+    "open_store": "pgps_data.store.store",
+    "Store": "pgps_data.store.store",
+    "Case": "pgps_data.store.store",
+    "fold_cases": "pgps_data.store.splits",
+    # the schedule
+    "Curriculum": "pgps_data.schedule.curriculum",
+    "Stage": "pgps_data.schedule.curriculum",
+    # the loader
+    "make_loader": "pgps_data.loader.pipeline",
+    "LoaderWorkerError": "pgps_data.loader.watchdog",
+    # errors a user can cause
     "PGPSInputError": "pgps_data.errors",
-    "Curriculum": "pgps_data.curriculum",
-    "Stage": "pgps_data.curriculum",
-    "make_loader": "pgps_data.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

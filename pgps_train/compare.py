@@ -7,9 +7,7 @@ iterations, and the final validation Dice per label (source geometry), so the PG
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,24 +76,3 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "PGPS modes") -> N
 def _sum_or_none(*values: float | None) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pgps-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="run folders made by pgps-train")
-    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    args = p.parse_args(argv)
-    try:
-        rows = comparison(load_runs(args.runs))
-    except PGPSInputError as exc:
-        print(f"pgps-compare: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print_comparison(rows)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

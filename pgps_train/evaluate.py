@@ -24,22 +24,17 @@ replaces a file that is not an earlier pgps-evaluate result.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pgps_data.atomic_write import write_atomic
-from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.cases import AFFINE_TOLERANCE
-from pgps_data.ingest.readers import file_ending, read_volume
+from pgps_data.raw.cases import AFFINE_TOLERANCE
+from pgps_data.raw.readers import file_ending, read_volume
 
 PROG = "pgps-evaluate"
 TOOL = "pgps-evaluate"  # marks its JSON results: only those are ever replaced
@@ -131,7 +126,7 @@ def evaluate_folder(
     unlabelled = sorted(set(preds) - set(refs))
     if (missing or unlabelled) and not allow_missing:
         todo = "predict the missing cases" if missing else "check LABEL_DIR"
-        raise MissingCasesError(f"{_mismatch(pred_dir, label_dir, missing, unlabelled, refs)} "
+        raise MissingCasesError(f"{mismatch_line(pred_dir, label_dir, missing, unlabelled, refs)} "
                                 f"({todo}, or give --allow-missing to score the matched cases "
                                 "only)", missing, unlabelled)
     if len(unlabelled) == len(preds):
@@ -221,54 +216,10 @@ def print_table(results: Mapping[str, Any], console: Any = None, title: str = "D
     (console or Console()).print(f"foreground mean Dice: {_fmt(fg)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: 0 ok, 1 predictions and labels do not match (without
-    ``--allow-missing``), 2 on another user error (one line, no traceback)."""
-    protect_output()
-    p = argparse.ArgumentParser(prog=PROG, description="Per-label Dice of predicted label maps "
-                                "against reference labels (nnU-Net's rules).")
-    p.add_argument("pred_dir", help="predicted label maps <id><ending>")
-    p.add_argument("label_dir", help="reference label maps <id><ending>")
-    p.add_argument("--labels", metavar="JSON", help="dataset.json (MSD or nnU-Net) with the "
-                   "labels (default: PRED_DIR/labels.json from pgps-predict)")
-    p.add_argument("--json", metavar="OUT", help="where to write the results "
-                   "(default: PRED_DIR/summary.json)")
-    p.add_argument("--file-ending", help="only files with this ending (e.g. .nii.gz)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score the matched cases when some label has no prediction (or some "
-                   "prediction no label); the JSON lists them (default: refuse, exit 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an --json file that is not an earlier pgps-evaluate result")
-    args = p.parse_args(argv)
-    try:
-        source = Path(args.labels) if args.labels else Path(args.pred_dir) / "labels.json"
-        if not source.is_file():
-            raise PGPSInputError(f"{source}: missing (give --labels dataset.json)")
-        labels, ignore = load_labels(source)
-        out = Path(args.json) if args.json else Path(args.pred_dir) / "summary.json"
-        _check_replaceable(out, args.overwrite)
-        results = evaluate_folder(args.pred_dir, args.label_dir, labels, ignore, args.file_ending,
-                                  allow_missing=args.allow_missing)
-        _write_results(out, {"tool": TOOL, **_clean(results)})
-    except MissingCasesError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except (PGPSInputError, OSError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    if results["missing"] or results["unlabelled"]:
-        what = _mismatch(args.pred_dir, args.label_dir, results["missing"], results["unlabelled"])
-        print(f"{PROG}: warning: {what}; scored the {len(results['per_case'])} matched case(s), "
-              f"all listed in {out}", file=sys.stderr)
-    print_table(results)
-    print(f"results → {out}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- internals
 
 
-def _mismatch(pred_dir: object, label_dir: object, missing: list[str], unlabelled: list[str],
+def mismatch_line(pred_dir: object, label_dir: object, missing: list[str], unlabelled: list[str],
               refs: Mapping[str, Path] | None = None) -> str:
     """One line naming the first few cases of each mismatch and their count."""
     parts = []
@@ -286,29 +237,6 @@ def _mismatch(pred_dir: object, label_dir: object, missing: list[str], unlabelle
 def _some(ids: list[str]) -> str:
     shown = ", ".join(ids[:SHOWN])
     return shown + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
-
-
-def _check_replaceable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace a file that is not an earlier pgps-evaluate result (or a folder)."""
-    if path.is_dir():
-        raise PGPSInputError(f"{path}: is a directory (give a file name with --json)")
-    if overwrite or not os.path.lexists(path):
-        return
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        doc = None
-    # ours: marked, or shaped like a result of the versions before the mark
-    ours = isinstance(doc, dict) and (doc.get("tool") == TOOL or {
-        "per_case", "mean", "foreground_mean"} <= set(doc))
-    if not ours:
-        raise PGPSInputError(f"{path}: exists and is not a pgps-evaluate result; give another "
-                             "--json file or --overwrite to replace it")
-
-
-def _write_results(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write the JSON atomically (temporary file beside it, then rename)."""
-    write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
 
 
 def _images(folder: Path, ending: str | None) -> dict[str, Path]:
@@ -337,14 +265,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _clean(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     """NaN → None all the way down (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgps_data.ingest.readers import read_volume, write_volume
+from pgps_data.raw.readers import read_volume, write_volume
 from pgps_train.evaluate import dice_scores, print_table, summarise
 from pgps_train.inference import predict_case, predict_volume, probabilities_to_labels
 

@@ -2,10 +2,10 @@
 
 A raw case goes through exactly the store's preprocessing (crop to non-zero → normalise
 with the stored statistics → resample to the target spacing,
-:func:`pgps_data.ingest.preprocess.preprocess_case`), is predicted with MONAI's
+:func:`pgps_data.raw.preprocess.preprocess_case`), is predicted with MONAI's
 ``sliding_window_inference`` at the final patch (Gaussian blending, sigma 1/8 of the
 patch and 50 % overlap, as nnU-Net), and is mapped back with
-:func:`~pgps_data.ingest.preprocess.restore_to_source`. As nnU-Net exports, the
+:func:`~pgps_data.raw.preprocess.restore_to_source`. As nnU-Net exports, the
 *probabilities* are resampled back (spline order 1, nearest on a separately resampled
 anisotropic axis) and only then turned into a label map; outside the crop box they are
 background (softmax) or 0 (regions). The affine never changes, so the label map written
@@ -17,7 +17,7 @@ of ``label_values`` (softmax, label = ``[0, *values][argmax]``). With nnU-Net re
 order (sigmoid), and the label map follows nnU-Net's rule: for i, c in
 ``regions_class_order``, voxels with p_i > 0.5 become c, later regions overwriting.
 
-The command line (``pgps-predict``) lives in :mod:`pgps_train.cli_predict`.
+The command line (``pgps-predict``) lives in :mod:`pgps_train.cli.predict`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from pgps_data.errors import PGPSInputError, read_json
-from pgps_data.ingest.cases import AFFINE_TOLERANCE
-from pgps_data.ingest.preprocess import preprocess_case, restore_to_source
-from pgps_data.ingest.readers import Volume, check_finite, geometry_dict, read_volume
+from pgps_data.raw.cases import AFFINE_TOLERANCE
+from pgps_data.raw.preprocess import preprocess_case, restore_to_source
+from pgps_data.raw.readers import Volume, check_finite, geometry_dict, read_volume
 from pgps_train.checkpoint import load_checkpoint  # the one loader: integrity check, no pickle
 
 MODEL_JSON = "model.json"
@@ -207,7 +207,7 @@ def read_case_image(paths: Sequence[str | Path], channels: int) -> tuple[np.ndar
 
     One file holding all channels (3D for one, 4D channels-last for several), or one 3D
     file per channel sharing shape and affine: the store's reading rules
-    (:func:`pgps_data.ingest.cases.load_case`), with the model's channel count.
+    (:func:`pgps_data.raw.cases.load_case`), with the model's channel count.
     """
     paths = [str(p) for p in paths]
     if len(paths) == 1:
@@ -263,8 +263,8 @@ def predict_case(
 
     The label map is uint8 (Z, Y, X) of label values on the input's voxel grid; the
     probabilities (K, Z, Y, X) float32 likewise (returned only when asked: they are as big
-    as K images); ``geometry`` is :func:`~pgps_data.ingest.readers.geometry_dict` of the
-    first input file, ready for :func:`~pgps_data.ingest.readers.write_volume`.
+    as K images); ``geometry`` is :func:`~pgps_data.raw.readers.geometry_dict` of the
+    first input file, ready for :func:`~pgps_data.raw.readers.write_volume`.
     """
     image, ref = read_case_image(image_paths, len(config["channel_names"]))
     pre, props = preprocess_for_model(image, ref.spacing, config)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.watchdog import LoaderWorkerError, worker_failure_line
+from pgps_data.loader.watchdog import LoaderWorkerError, worker_failure_line
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pgps_data.atomic_write import write_atomic
 from pgps_data.errors import PGPSInputError
+from pgps_data.store.atomic_write import write_atomic
 
 MANIFEST = ".pgps-predict.json"
 TMP_PREFIX = ".pgps-tmp-"

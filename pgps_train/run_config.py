@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pgps_data.atomic_write import write_atomic
 from pgps_data.errors import PGPSInputError, read_json
+from pgps_data.store.atomic_write import write_atomic
 
 CONFIG = "config.json"
 STORE_IDENTITY = "store_identity.json"

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.store_lock import LOCK_NAME, store_lock
+from pgps_data.store.lock import LOCK_NAME, store_lock
 
 __all__ = ["RUN_OUTPUTS", "check_run_folder", "clear_run", "is_run_folder", "run_lock"]
 

@@ -30,7 +30,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgps_data.console import progress_console
-from pgps_data.curriculum import Curriculum, Stage
+from pgps_data.schedule.curriculum import Curriculum, Stage
 
 # Phases timed apart from compute and data wait (summary.json: seconds_<name>)
 PHASES = ("validation", "validation_startup", "checkpoint", "loader_startup")
@@ -92,7 +92,7 @@ class RunLog:
     def schedule(self, cur: Curriculum) -> None:
         """Print the schedule before training starts."""
         if not self.quiet:
-            from pgps_data.schedule_cli import print_table
+            from pgps_data.schedule.report import print_table
 
             print_table(cur, console=self.progress.console)
 

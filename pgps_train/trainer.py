@@ -31,9 +31,9 @@ import torch
 
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
-from pgps_data.pipeline import make_validation_loader
-from pgps_data.splits import fold_cases, load_splits
-from pgps_data.watchdog import LoaderWorkerError
+from pgps_data.loader.pipeline import make_validation_loader
+from pgps_data.loader.watchdog import LoaderWorkerError
+from pgps_data.store.splits import fold_cases, load_splits
 from pgps_train.checkpoint import (
     FINAL,
     LATEST,

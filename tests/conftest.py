@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pgps_data.ingest.convert import convert
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw.convert import convert
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 
 TINY = {"cases": 4, "test_cases": 1, "size": (24, 48, 48), "organ_fraction": 0.2, "seed": 3}
 
@@ -39,7 +39,7 @@ def assert_same_store(a: Path, b: Path, *, atol: float = 0.0, same_meta: bool = 
     """Two stores hold the same cases with the same arrays, indices and case metadata."""
     import numpy as np
 
-    from pgps_data.store import open_store
+    from pgps_data.store.store import open_store
 
     sa, sb = open_store(a), open_store(b)
     assert sa.case_ids == sb.case_ids and sa.test_ids == sb.test_ids

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgps_data.ingest.convert import convert
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw.convert import convert
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 
 
 def build_store(root: Path, *, cases: int = 4, size=(24, 48, 48), seed: int = 3, **synth) -> Path:

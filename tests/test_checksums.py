@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import zarr
 
+from pgps_data.cli.inspect import main as inspect_main
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.convert import convert
-from pgps_data.inspect import main as inspect_main
-from pgps_data.store import open_store
-from pgps_data.zarr_fastread import FastArray
+from pgps_data.raw.convert import convert
+from pgps_data.store.fastread import FastArray
+from pgps_data.store.store import open_store
 
 CASE = "synth_000"
 MISSING = 2**64 - 1
@@ -162,7 +162,7 @@ def test_a_store_without_checksums_still_reads_and_verifies(
     capsys: pytest.CaptureFixture,
 ) -> None:
     """Stores written before checksums (no crc32c codec) open and read; not verified."""
-    import pgps_data.layout as layout
+    import pgps_data.store.chunking as layout
 
     old = {name: layout.Layout(compressor=lay.compressor, checksum=False)
            for name, lay in layout.LAYOUTS.items()}
@@ -193,7 +193,7 @@ def test_verify_once_checks_a_chunk_before_first_use_and_always_checks_each_read
 ) -> None:
     """The fast reader's policies: "once" verifies a file's chunk the first time this
     process reads it (a rewritten file is verified anew); "always" on every read."""
-    from pgps_data.layout import write_array
+    from pgps_data.store.chunking import write_array
 
     data = np.arange(2 * 16 * 16 * 16, dtype=np.float32).reshape(2, 16, 16, 16)
     g = zarr.open_group(tmp_path / "s.zarr", mode="w")
@@ -217,7 +217,7 @@ def test_verify_once_checks_a_chunk_before_first_use_and_always_checks_each_read
 
 def _fresh_files() -> None:
     """Forget every map and verification, as a new process would start."""
-    from pgps_data import mapped_files
+    from pgps_data.store import mapped_files
 
     mapped_files.FILES.maps.clear()
     mapped_files.FILES.checked.clear()

@@ -10,15 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from pgps_data.cli.convert import main as convert_main
+from pgps_data.cli.inspect import main as inspect_main
 from pgps_data.errors import PGPSInputError
-from pgps_data.foreground import index_count
-from pgps_data.ingest import readers
-from pgps_data.ingest.convert import convert
-from pgps_data.ingest.convert import main as convert_main
-from pgps_data.ingest.preprocess import restore_to_source
-from pgps_data.inspect import main as inspect_main
-from pgps_data.store import open_store
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw import readers
+from pgps_data.raw.convert import convert
+from pgps_data.raw.preprocess import restore_to_source
+from pgps_data.store.foreground import index_count
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 from tests.conftest import TINY, assert_same_store
 
 SMALL = {"cases": 3, "test_cases": 0, "size": (16, 32, 32), "seed": 5}
@@ -302,9 +302,9 @@ def test_default_store_is_read_by_the_fast_path(tiny_store: Path) -> None:
 def test_statistics_pass_keeps_nnunets_exact_sample() -> None:
     """The statistics pass ships (value, count) histograms instead of nnU-Net's raw draw:
     the same multiset (same RandomState stream across channels) and the same statistics."""
-    from pgps_data.ingest.cases import foreground_histograms
-    from pgps_data.ingest.convert import stats_from_histograms
-    from pgps_data.ingest.preprocess import compute_intensity_stats, foreground_intensity_samples
+    from pgps_data.raw.cases import foreground_histograms
+    from pgps_data.raw.convert import stats_from_histograms
+    from pgps_data.raw.preprocess import compute_intensity_stats, foreground_intensity_samples
 
     rng = np.random.default_rng(0)
     images = [np.rint(rng.normal(40, 30, (2, 6, 20, 20))).astype(np.float32) for _ in range(3)]

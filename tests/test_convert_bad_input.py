@@ -18,11 +18,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pgps_data.ingest import cases as cases_module
-from pgps_data.ingest.convert import main as convert_main
-from pgps_data.inspect import main as inspect_main
-from pgps_data.store import open_store
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.cli.convert import main as convert_main
+from pgps_data.cli.inspect import main as inspect_main
+from pgps_data.raw import cases as cases_module
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 
 GOOD = ["synth_000", "synth_001", "synth_002", "synth_003"]
 

@@ -21,12 +21,12 @@ import numpy as np
 import psutil
 import pytest
 
-from pgps_data import store_write
-from pgps_data.ingest.convert import convert
-from pgps_data.ingest.convert import main as convert_main
-from pgps_data.store import open_store
-from pgps_data.store_lock import LOCK_NAME
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.cli.convert import main as convert_main
+from pgps_data.raw.convert import convert
+from pgps_data.store import write as store_write
+from pgps_data.store.lock import LOCK_NAME
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 from tests.conftest import assert_same_store
 
 N_CASES = 8
@@ -61,7 +61,7 @@ def _start(raw: Path, out: Path) -> subprocess.Popen:
     """The CLI in its own session; output to a file (a surviving worker must not block us)."""
     with open(out.with_suffix(".log"), "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out),
+            [sys.executable, "-m", "pgps_data.cli.convert", str(raw), str(out),
              "--workers", "2", "--quiet"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -109,7 +109,7 @@ def _rerun_and_check(raw: Path, out: Path, clean: Path) -> None:
         assert case.meta["complete"] is True
         assert case.label.shape == case.shape
     proc = subprocess.run(
-        [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out), "--workers", "2",
+        [sys.executable, "-m", "pgps_data.cli.convert", str(raw), str(out), "--workers", "2",
          "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -197,7 +197,7 @@ def test_a_closed_stdout_does_not_end_the_job(tiny_raw: Path, tiny_store: Path,
                                               tmp_path: Path) -> None:
     raw, clean = tiny_raw, tiny_store
     out = tmp_path / "piped.zarr"
-    cmd = (f"set -o pipefail; {sys.executable} -m pgps_data.ingest.convert {raw} {out} "
+    cmd = (f"set -o pipefail; {sys.executable} -m pgps_data.cli.convert {raw} {out} "
            "--workers 1 | head -c 1 >/dev/null")
     proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -220,7 +220,7 @@ def test_a_signal_stops_with_one_line_and_a_rerun_finishes(
     out = tmp_path / "stopped.zarr"
     with open(out.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out),
+            [sys.executable, "-m", "pgps_data.cli.convert", str(raw), str(out),
              "--workers", str(workers), "--quiet"], cwd=ROOT, stdout=log, stderr=subprocess.PIPE,
             text=True, start_new_session=True)
     children: set[int] = set()

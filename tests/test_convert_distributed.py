@@ -6,7 +6,7 @@ from pathlib import Path
 
 from distributed import LocalCluster
 
-from pgps_data.ingest.convert import convert
+from pgps_data.raw.convert import convert
 from tests.conftest import assert_same_store
 
 

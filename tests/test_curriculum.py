@@ -16,7 +16,8 @@ from itertools import pairwise
 
 import pytest
 
-from pgps_data.curriculum import (
+from pgps_data.errors import PGPSInputError
+from pgps_data.schedule.curriculum import (
     Curriculum,
     Stage,
     case_grouping,
@@ -25,8 +26,7 @@ from pgps_data.curriculum import (
     random_patch_index,
     stage_count,
 )
-from pgps_data.errors import PGPSInputError
-from pgps_data.schedule_cli import main
+from pgps_train.cli.schedule import main
 
 ANISO = {"patch": (80, 192, 160), "pools": (4, 5, 5)}  # steps (16, 32, 32)
 
@@ -423,14 +423,19 @@ def test_cli_table(capsys):
     assert "16×32×32" in out and "300" in out
 
 
-def test_cli_net_hook_and_min(capsys):
-    def lattice(name):
-        assert name == "toy"
-        return (16, 32, 32), (16, 64, 64)
+def test_cli_net_lattice_and_min(capsys, monkeypatch):
+    import types
 
-    argv = ["--patch", "80", "192", "160", "--net", "toy", "--epochs", "100", "--batch", "2",
+    import pgps_train.networks as networks
+
+    def lattice(name, patch, spacing):
+        assert (name, tuple(patch), tuple(spacing)) == ("unet", (80, 192, 160), (1.0, 1.0, 1.0))
+        return types.SimpleNamespace(steps=(16, 32, 32), minimum=(16, 64, 64))
+
+    monkeypatch.setattr(networks, "network_lattice", lattice)
+    argv = ["--patch", "80", "192", "160", "--net", "unet", "--epochs", "100", "--batch", "2",
             "--mode", "efficiency", "--json"]
-    assert main(argv, net_names=["toy"], net_lattice=lattice) == 0
+    assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["patch"] for r in rows][:2] == [[16, 64, 64], [32, 64, 64]] and len(rows) == 12
     assert main([*BASE, "--mode", "efficiency", "--min", "16", "64", "64", "--json"]) == 0

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pgps_data.errors import PGPSInputError
-from pgps_train.evaluate import dice_scores, evaluate_folder, load_labels, main, print_table
+from pgps_train.cli.evaluate import main
+from pgps_train.evaluate import dice_scores, evaluate_folder, load_labels, print_table
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "cyst": 3, "vessel": 4}
 

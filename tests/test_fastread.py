@@ -19,8 +19,8 @@ from zarr.codecs import (
 )
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.layout import LAYOUTS, Layout, layout_attrs, write_array
-from pgps_data.zarr_fastread import STATS, FastArray, read_box, read_box_zarr
+from pgps_data.store.chunking import LAYOUTS, Layout, layout_attrs, write_array
+from pgps_data.store.fastread import STATS, FastArray, read_box, read_box_zarr
 
 DTYPES = ["float32", "float16", "uint8", "int16", "int32"]
 

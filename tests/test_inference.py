@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.readers import read_volume
-from pgps_data.store import open_store
-from pgps_data.synthetic import synthetic_case, write_synthetic_dataset
-from pgps_train import cli_predict
+from pgps_data.raw.readers import read_volume
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import synthetic_case, write_synthetic_dataset
 from pgps_train.checkpoint import save_checkpoint
+from pgps_train.cli import predict as cli_predict
 from pgps_train.inference import (
     config_from_store,
     load_model,

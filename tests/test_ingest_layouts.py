@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.layouts import discover
+from pgps_data.raw.layouts import discover
 
 
 def _touch(path):

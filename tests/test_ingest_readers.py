@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.readers import check_finite, geometry_dict, read_volume, write_volume
+from pgps_data.raw.readers import check_finite, geometry_dict, read_volume, write_volume
 
 AFFINE = np.array(
     [[-0.8, 0.0, 0.0, 90.0], [0.0, 0.7, 0.1, -120.0], [0.0, 0.0, 2.5, -40.0], [0, 0, 0, 1]]

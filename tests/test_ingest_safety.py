@@ -1,7 +1,7 @@
 """Safety of ingest (issue 7, items 1 and 9): case ids never escape the store, datasets
 built from symlinks convert, and every refusal is one line naming the entry or the file.
 
-The end-to-end probes run :func:`pgps_data.ingest.convert.convert` (one worker,
+The end-to-end probes run :func:`pgps_data.raw.convert.convert` (one worker,
 in-process) on small synthetic datasets; the rest only list folders with ``discover``.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.cases import convert_case, fingerprint_case
-from pgps_data.ingest.convert import convert
-from pgps_data.ingest.layouts import CaseSpec, check_case_id, discover
-from pgps_data.ingest.readers import read_volume
-from pgps_data.store import open_store
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw.cases import convert_case, fingerprint_case
+from pgps_data.raw.convert import convert
+from pgps_data.raw.layouts import CaseSpec, check_case_id, discover
+from pgps_data.raw.readers import read_volume
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 
 SMALL = {"cases": 2, "test_cases": 1, "size": (16, 32, 32), "seed": 5}
 TRAIN_IDS = ["synth_000", "synth_001"]

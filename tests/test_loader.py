@@ -8,7 +8,7 @@ import torch
 
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
-from pgps_data.pipeline import make_validation_loader
+from pgps_data.loader.pipeline import make_validation_loader
 from tests.loader_store import build_store
 
 
@@ -163,7 +163,7 @@ def test_bundles_larger_than_the_steps_never_deadlock_the_ring(store, monkeypatc
     """A bundle is filled in the ring before it is sent: the ring must hold a whole one."""
     import signal
 
-    import pgps_data.pipeline as pipeline
+    import pgps_data.loader.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "BUNDLE_BYTES", 64 << 20)  # far beyond 3 steps of crops
     monkeypatch.setattr(pipeline, "BUNDLE_MAX", 10_000)

@@ -14,8 +14,8 @@ import pytest
 
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
-from pgps_data.store import Case
-from pgps_data.watchdog import LoaderWorkerError
+from pgps_data.loader.watchdog import LoaderWorkerError
+from pgps_data.store.store import Case
 from tests.loader_store import build_store
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pgps_data.ingest.parallel import run_per_case, worker_pool
+from pgps_data.raw.parallel import run_per_case, worker_pool
 
 ITEMS = [([("case", k)],) for k in range(4)]  # dict(*item) == {"case": k}: a picklable builtin
 

@@ -163,7 +163,7 @@ def test_load_nnunet_plans_refusals(tmp_path: Path) -> None:
 
 
 def test_schedule_cli_takes_lattice_from_net(capsys: pytest.CaptureFixture[str]) -> None:
-    from pgps_train.schedule import main
+    from pgps_train.cli.schedule import main
 
     common = ["--epochs", "20", "--batch", "2", "--json"]
     assert main(["--net", "swinunetr", "--patch", "64", "64", "64", *common]) == 0

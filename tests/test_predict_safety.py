@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.readers import read_volume
-from pgps_data.synthetic import write_synthetic_dataset
-from pgps_train import cli_predict
+from pgps_data.raw.readers import read_volume
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 from pgps_train.checkpoint import save_checkpoint
+from pgps_train.cli import predict as cli_predict
 
 MANIFEST = ".pgps-predict.json"
 SIZE = (12, 24, 24)

@@ -10,7 +10,7 @@ import pytest
 from scipy.ndimage import map_coordinates, zoom
 from skimage.transform import resize
 
-from pgps_data.ingest.preprocess import (
+from pgps_data.raw.preprocess import (
     compute_intensity_stats,
     crop_to_nonzero,
     foreground_intensity_sample,
@@ -23,15 +23,15 @@ from pgps_data.ingest.preprocess import (
     target_spacing,
     use_mask_for_norm,
 )
-from pgps_data.ingest.resample import (
+from pgps_data.raw.resample import (
     compute_new_shape,
     resample_image,
     resample_label,
     resample_to_shape,
     separate_axis,
 )
-from pgps_data.ingest.resample_axis import axis_operator
-from pgps_data.ingest.resample_labels import resize_foreground, resize_segmentation
+from pgps_data.raw.resample_axis import axis_operator
+from pgps_data.raw.resample_labels import resize_foreground, resize_segmentation
 
 RNG = np.random.default_rng(7)
 FIXTURES = Path(__file__).parent / "fixtures" / "nnunet"

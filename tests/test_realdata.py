@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgps_data.foreground import index_count
-from pgps_data.ingest import readers
-from pgps_data.ingest.convert import convert
-from pgps_data.ingest.preprocess import restore_to_source
-from pgps_data.inspect import describe
-from pgps_data.store import open_store
+from pgps_data.raw import readers
+from pgps_data.raw.convert import convert
+from pgps_data.raw.preprocess import restore_to_source
+from pgps_data.store.describe import describe
+from pgps_data.store.foreground import index_count
+from pgps_data.store.store import open_store
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("PGPS_REALDATA") != "1",

@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve()
 
 def _digests() -> dict[str, str]:
     """sha256 of every resampling path a conversion or an export takes (seeded inputs)."""
-    from pgps_data.ingest.preprocess import compute_intensity_stats, preprocess_case
-    from pgps_data.ingest.resample import resample_label, resample_to_shape
-    from pgps_data.synthetic import synthetic_case
+    from pgps_data.raw.preprocess import compute_intensity_stats, preprocess_case
+    from pgps_data.raw.resample import resample_label, resample_to_shape
+    from pgps_data.synthetic.dataset import synthetic_case
 
     rng = np.random.default_rng(14)
     volume = (rng.normal(size=(1, 30, 60, 60)) * 100).astype(np.float32)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pgps_data.errors import PGPSInputError
-from pgps_train.cli_train import main as train_main
+from pgps_train.cli.train import main as train_main
 from pgps_train.run_dir import RUN_OUTPUTS, check_run_folder, clear_run, run_lock
 from tests.torch_threads import one_thread
 

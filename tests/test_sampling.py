@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pgps_data.curriculum import Curriculum
-from pgps_data.sampling import CropRequest, Sampler, crop_rng, forced_classes, plan_origins
+from pgps_data.loader.sampling import CropRequest, Sampler, crop_rng, forced_classes, plan_origins
+from pgps_data.schedule.curriculum import Curriculum
 
 CASES = [f"c{i}" for i in range(7)]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pgps_data.cli.inspect import main as inspect_main
 from pgps_data.errors import PGPSInputError
-from pgps_data.inspect import main as inspect_main
-from pgps_data.store import open_store
+from pgps_data.store.store import open_store
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_inspect_prints_conversion_incomplete_and_the_missing_cases(
 
 
 def test_missing_arrays_tells_a_writer_whether_a_case_is_whole(store: Path) -> None:
-    from pgps_data.store_cases import missing_arrays
+    from pgps_data.store.completeness import missing_arrays
 
     cases = store / "cases"
     assert missing_arrays(cases / "synth_000", labelled=True) == []

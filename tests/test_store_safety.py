@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import zarr
 
+from pgps_data.cli.convert import main as convert_main
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.convert import convert
-from pgps_data.ingest.convert import main as convert_main
-from pgps_data.store import open_store
-from pgps_data.store_lock import LOCK_NAME, store_lock
-from pgps_data.store_write import content_checksum, prepare_store, safe_remove, write_case
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw.convert import convert
+from pgps_data.store.lock import LOCK_NAME, store_lock
+from pgps_data.store.store import open_store
+from pgps_data.store.write import content_checksum, prepare_store, safe_remove, write_case
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 from tests.conftest import assert_same_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,14 +64,14 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
 
 def _popen(raw: Path, out: Path, workers: int = 1, **kw) -> subprocess.Popen:  # noqa: ANN003
     return subprocess.Popen(
-        [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out),
+        [sys.executable, "-m", "pgps_data.cli.convert", str(raw), str(out),
          "--workers", str(workers), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _run(raw: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pgps_data.ingest.convert", str(raw), str(out), "--workers",
+        [sys.executable, "-m", "pgps_data.cli.convert", str(raw), str(out), "--workers",
          "1", "--quiet", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -372,7 +372,7 @@ def test_case_folders_of_a_folder_that_is_not_a_pgps_store_are_never_deleted(
 def test_workers_get_an_absolute_store_path(raw: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """dask.distributed workers resolve a relative OUT against their own working folder."""
-    import pgps_data.ingest.convert as convert_mod
+    import pgps_data.raw.convert as convert_mod
 
     seen: list[Path] = []
     real = convert_mod.run_per_case

@@ -12,8 +12,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pgps_data.cli.synth import main
 from pgps_data.errors import PGPSInputError
-from pgps_data.synthetic import main, synthetic_case, write_synthetic_dataset
+from pgps_data.synthetic.dataset import synthetic_case, write_synthetic_dataset
 
 SIZE = (24, 48, 48)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pgps_data.ingest.convert import convert
-from pgps_data.synthetic import write_synthetic_dataset
+from pgps_data.raw.convert import convert
+from pgps_data.synthetic.dataset import write_synthetic_dataset
 from pgps_train.networks import tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
 

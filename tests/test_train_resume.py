@@ -23,7 +23,7 @@ import torch
 
 from pgps_data import Curriculum
 from pgps_train.checkpoint import FINAL, LATEST
-from pgps_train.cli_train import main as train_main
+from pgps_train.cli.train import main as train_main
 
 PATCH = ["8", "16", "16"]
 # efficiency, 10 stages × 3 iterations; a checkpoint at every stage end and every 7 steps
@@ -35,7 +35,7 @@ TIMINGS = ("seconds_compute", "seconds_wait", "seconds_validation", "seconds_val
 
 
 def _cmd(store: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pgps_train.cli_train", str(store), *FLAGS, "--out", str(out),
+    return [sys.executable, "-m", "pgps_train.cli.train", str(store), *FLAGS, "--out", str(out),
             *extra]
 
 

@@ -2,7 +2,7 @@
 graceful signals, refused bad stores, one-line errors and honest timing.
 
 Runs are tiny (unet at tiny widths, patch 8×16×16, a few dozen steps, one thread); most
-are in-process through ``pgps_train.cli_train.main``. The signal tests run ``pgps-train``
+are in-process through ``pgps_train.cli.train.main``. The signal tests run ``pgps-train``
 as a subprocess in its own session, so a signal can reach its loader workers too (as a
 terminal's Ctrl-C or a scheduler's SIGTERM does).
 """
@@ -30,7 +30,7 @@ import torch
 
 import pgps_train.trainer as trainer_mod
 from pgps_data.errors import PGPSInputError
-from pgps_data.ingest.convert import convert
+from pgps_data.raw.convert import convert
 from pgps_train import checkpoint as ckpt_mod
 from pgps_train.checkpoint import (
     FINAL,
@@ -39,7 +39,7 @@ from pgps_train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from pgps_train.cli_train import main as train_main
+from pgps_train.cli.train import main as train_main
 from pgps_train.networks import build_network, tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
 from tests.torch_threads import one_thread
@@ -207,7 +207,7 @@ LONG = [*BASE, "--mode", "efficiency", "--iterations-per-epoch", "40",
 
 def _popen(store: Path, out: Path, *extra: str, **kw: Any) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pgps_train.cli_train", str(store), *LONG,
+    return subprocess.Popen([sys.executable, "-m", "pgps_train.cli.train", str(store), *LONG,
                              "--out", str(out), *extra], env=env, start_new_session=True,
                             text=True, **kw)
 
@@ -244,7 +244,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tiny_store: Path, tmp
     assert not (out / FINAL).exists()
     if sig == signal.SIGTERM:  # the printed command continues it; a closed stdout is harmless
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        resumed = subprocess.Popen([sys.executable, "-m", "pgps_train.cli_train",
+        resumed = subprocess.Popen([sys.executable, "-m", "pgps_train.cli.train",
                                     str(tiny_store), "--out", str(out), "--resume"], env=env,
                                    start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -359,7 +359,7 @@ def test_corrupt_chunk_during_training_is_one_line(tiny_store: Path, tmp_path: P
 
 
 def test_worker_failures_become_one_line_either_way() -> None:
-    from pgps_data.watchdog import LoaderWorkerError
+    from pgps_data.loader.watchdog import LoaderWorkerError
     from pgps_train.interrupts import WorkerDataError, loader_failure
 
     reason = "/s.zarr/cases/c1/image: chunk (0, 1, 0) fails its crc32c checksum (re-convert)"

@@ -37,7 +37,7 @@ from pgps_train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from pgps_train.cli_train import main as train_main
+from pgps_train.cli.train import main as train_main
 from pgps_train.networks import tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
 from tests.torch_threads import one_thread
@@ -376,7 +376,7 @@ def test_gpu_check_dry_run_and_no_cuda_message(tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     for mode in ("constant", "efficiency", "performance"):
         assert f"--mode {mode}" in dry.stdout
-    assert "pgps_data.synthetic" in dry.stdout and "pgps_data.ingest.convert" in dry.stdout
+    assert "pgps_data.cli.synth" in dry.stdout and "pgps_data.cli.convert" in dry.stdout
     assert "imports ok" in dry.stdout
     assert "no CUDA device" in dry.stdout
     real = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True,

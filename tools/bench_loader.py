@@ -59,9 +59,9 @@ import bench_report  # noqa: E402
 import benchlib as bl  # noqa: E402
 
 from pgps_data import Curriculum, make_loader, open_store  # noqa: E402
-from pgps_data.sampling import Sampler  # noqa: E402
-from pgps_data.worker import CropReader  # noqa: E402
-from pgps_data.zarr_fastread import STATS  # noqa: E402
+from pgps_data.loader.sampling import Sampler  # noqa: E402
+from pgps_data.loader.worker import CropReader  # noqa: E402
+from pgps_data.store.fastread import STATS  # noqa: E402
 
 FULL_PLAN = {"patch": (80, 160, 160), "pools": (4, 5, 5), "batch": 2}
 QUICK_PLAN = {"patch": (16, 32, 32), "pools": (2, 3, 3), "batch": 2}

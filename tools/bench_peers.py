@@ -76,7 +76,7 @@ def monai_cache(store_path: str) -> tuple[Any, float]:
     from monai.data import CacheDataset
     from monai.transforms import FgBgToIndicesd
 
-    from pgps_data.store import open_store
+    from pgps_data.store.store import open_store
 
     gc.collect()
     before = bl.rss()

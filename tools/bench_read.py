@@ -47,8 +47,8 @@ import zarr
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pgps_data.layout import LAYOUTS, Layout, write_array  # noqa: E402
-from pgps_data.zarr_fastread import DEFAULT_VERIFY, STATS, FastArray  # noqa: E402
+from pgps_data.store.chunking import LAYOUTS, Layout, write_array  # noqa: E402
+from pgps_data.store.fastread import DEFAULT_VERIFY, STATS, FastArray  # noqa: E402
 
 SIZES = [(32, 32, 32), (64, 64, 64), (96, 96, 96), (128, 128, 128), (80, 192, 160)]
 GROUP_SIZES = [(32, 32, 32), (64, 64, 64)]
@@ -197,7 +197,7 @@ def bench_layout(name, arr, mm, sizes, gsizes, n_single, n_groups, n_zarr, rng) 
 def _first_read(name: str, arr, vol: tuple, policy: str) -> dict:  # noqa: ANN001
     """The whole volume read by a reader that has not verified anything yet ("once" pays
     every crc here, once per process) against no verification: fresh maps both times."""
-    from pgps_data.mapped_files import FILES
+    from pgps_data.store.mapped_files import FILES
 
     t = {}
     for v in ("off", policy, "off", policy):  # twice each, the better kept

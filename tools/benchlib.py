@@ -68,7 +68,7 @@ def synth_raw(folder: Path, cases: int, size: Sequence[int], seed: int = 0) -> P
     Our generator gives every case its own anisotropic spacing, so both converters resample.
     No test cases: nnU-Net's plan_and_preprocess handles training cases only.
     """
-    from pgps_data.synthetic import write_synthetic_dataset
+    from pgps_data.synthetic.dataset import write_synthetic_dataset
 
     marker = folder / ".bench_done"
     want = json.dumps({"cases": cases, "size": list(size), "seed": seed})
@@ -86,7 +86,7 @@ def run_convert(raw: Path, out: Path, codec: str, workers: int) -> float:
     if out.exists():
         shutil.rmtree(out)
     exe = Path(sys.executable).parent / "pgps-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pgps_data.ingest.convert"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pgps_data.cli.convert"]
     cmd += [str(raw), str(out), "--workers", str(workers), "--codec", codec]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -98,7 +98,7 @@ def run_convert(raw: Path, out: Path, codec: str, workers: int) -> float:
 
 def cached_store(raw: Path, out: Path, codec: str, workers: int) -> Path:
     """``raw`` converted with ``codec`` once; a marker beside the store records success."""
-    from pgps_data.ingest.convert import convert
+    from pgps_data.raw.convert import convert
 
     marker = out.with_suffix(".done")
     if not (marker.exists() and out.exists()):
@@ -143,7 +143,7 @@ def replicate_store(src: Path, dst: Path, target_bytes: int) -> tuple[Path, int]
 def export_cases(store_path: Path, folder: Path, nifti: bool) -> list[dict[str, str]]:
     """The store's preprocessed cases as plain files (once): image .npy (C, Z, Y, X) float32
     for the memory-map limit, and optionally image/label .nii.gz for TorchIO."""
-    from pgps_data.store import open_store
+    from pgps_data.store.store import open_store
 
     folder.mkdir(parents=True, exist_ok=True)
     store = open_store(store_path)

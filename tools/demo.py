@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from pgps_data.ingest.convert import convert
-from pgps_data.inspect import describe, print_table
-from pgps_data.store import open_store
-from pgps_data.synthetic import write_synthetic_dataset
-from pgps_train.cli_train import build_parser, config_from_args
+from pgps_data.raw.convert import convert
+from pgps_data.store.describe import describe, print_table
+from pgps_data.store.store import open_store
+from pgps_data.synthetic.dataset import write_synthetic_dataset
+from pgps_train.cli.train import build_parser, config_from_args
 from pgps_train.compare import comparison, load_runs, print_comparison
 from pgps_train.trainer import train
 

@@ -70,10 +70,10 @@ case ":$PYTHONPATH:" in *":$PWD:"*) ;; *) export PYTHONPATH="$PYTHONPATH:$PWD" ;
 
 RAW="$RESULTS/raw/Task01_GPUCheck"
 STORE="$RESULTS/gpu_check.zarr"
-synth=("$PY" -m pgps_data.synthetic "$RAW" --cases "$CASES" --test-cases 0 --size $SIZE --seed 0)
-convert=("$PY" -m pgps_data.ingest.convert "$RAW" "$STORE" --workers 8 --quiet)
+synth=("$PY" -m pgps_data.cli.synth "$RAW" --cases "$CASES" --test-cases 0 --size $SIZE --seed 0)
+convert=("$PY" -m pgps_data.cli.convert "$RAW" "$STORE" --workers 8 --quiet)
 train_cmd() {  # mode → the pgps-train command line
-  echo "$PY -m pgps_train.cli_train $STORE --out $RESULTS/runs/$1 --mode $1 --device $DEVICE" \
+  echo "$PY -m pgps_train.cli.train $STORE --out $RESULTS/runs/$1 --mode $1 --device $DEVICE" \
        "--epochs 0 --iterations-per-epoch $ITERS --batch $BATCH --workers $WORKERS" \
        "--eval-every 1000000000 --save-every 1000000000 --fold 0 --no-final-eval" \
        "--max-seconds $MAX_SECONDS --quiet"

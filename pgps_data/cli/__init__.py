@@ -1,0 +1,1 @@
+"""The data-side commands: pgps-synth, pgps-convert, pgps-inspect (one module each)."""

@@ -1,0 +1,194 @@
+"""Crop requests: which case, which crops, forced to foreground or not — per step.
+
+The main process turns each training step into a few :class:`CropRequest` items (one per
+case drawn for that step, holding every crop of that case), a pure function of (global
+seed, rank, step, slot). Workers turn a request into crop origins with
+:func:`plan_origins` — again seeded by (seed, rank, step, slot) — and read them. So the same
+seed gives the same crops on any number of workers, and a resumed run continues exactly.
+
+Oversampling follows DESIGN.md: nnU-Net's slot rule (slot j of b forced when
+j >= round(b * (1 - p))) for constant, efficiency, random and miccai performance mode; the
+journal's case grouping for journal-2025 performance mode (B cases; the first
+round(B * (1 - p)) give random crops, the others forced crops; the b crops split as evenly
+as possible, extra crops to the forced cases); or, optionally, each crop forced with
+probability p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.random  # noqa: F401  (imported eagerly: workers fork while requests are drawn)
+
+from pgps_data.schedule.curriculum import Curriculum
+from pgps_data.schedule.oversampling import case_grouping, forced_slots
+
+OVERSAMPLING = ("auto", "slot", "case_grouping", "probabilistic")
+_CASE_STREAM = 0x0CA5E  # keeps the case-choice draws apart from the crop draws
+_CROP_STREAM = 0xC209
+
+
+@dataclass(frozen=True)
+class CropRequest:
+    """Everything a worker needs to produce the crops of one case for one step."""
+
+    case_id: str
+    step: int
+    stage: int
+    patch: tuple[int, int, int]
+    slots: tuple[int, ...]  # batch positions of this request's crops
+    forced: tuple[bool, ...]  # per crop: centred on foreground?
+    seed: int
+    rank: int = 0
+    part: int = 0  # index of this request within its step
+    parts: int = 1  # requests in this step
+    batch: int = 1  # crops in this step
+    margin: tuple[int, int, int] = (0, 0, 0)
+    ring_offset: int = -1  # byte offset of the output in the shared ring (-1: return)
+
+    @property
+    def read_shape(self) -> tuple[int, int, int]:
+        """The box actually read: the patch plus the margin on both sides."""
+        return tuple(p + 2 * m for p, m in zip(self.patch, self.margin))  # type: ignore
+
+
+class Sampler:
+    """Turns steps into crop requests; a pure function of (seed, rank, step)."""
+
+    def __init__(
+        self,
+        case_ids: Sequence[str],
+        curriculum: Curriculum,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        p: float = 0.5,
+        oversampling: str = "auto",
+        margin: Sequence[int] = (0, 0, 0),
+    ):
+        if not case_ids:
+            raise ValueError("the sampler needs at least one case")
+        if oversampling not in OVERSAMPLING:
+            raise ValueError(f"oversampling must be one of {OVERSAMPLING}, not {oversampling!r}")
+        self.case_ids = list(case_ids)
+        self.curriculum = curriculum
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.p = float(p)
+        self.oversampling = curriculum.oversampling if oversampling == "auto" else oversampling
+        self.margin = tuple(int(m) for m in margin)
+
+    def requests(self, step: int) -> list[CropRequest]:
+        """The requests of one step, in batch order (slot 0 first)."""
+        stage = self.curriculum.stage_at(step)
+        b = stage.batch
+        groups: list[tuple[str, list[int], list[bool]]] = []
+        if self.oversampling == "case_grouping":
+            slot = 0
+            for k, (forced, n) in enumerate(case_grouping(b, self.curriculum.final_batch, self.p)):
+                case = self._draw_case(step, k)
+                groups.append((case, list(range(slot, slot + n)), [forced] * n))
+                slot += n
+        else:
+            if self.oversampling == "slot":
+                forced_of = forced_slots(b, self.p)
+            else:  # probabilistic: each crop forced with probability p
+                forced_of = [self._rng(step, j, 1).random() < self.p for j in range(b)]
+            by_case: dict[str, tuple[list[int], list[bool]]] = {}
+            for j in range(b):
+                slots, forced = by_case.setdefault(self._draw_case(step, j), ([], []))
+                slots.append(j)
+                forced.append(bool(forced_of[j]))
+            groups = [(c, s, f) for c, (s, f) in by_case.items()]
+        return [
+            CropRequest(
+                case_id=case,
+                step=step,
+                stage=stage.index,
+                patch=tuple(stage.patch),
+                slots=tuple(slots),
+                forced=tuple(forced),
+                seed=self.seed,
+                rank=self.rank,
+                part=i,
+                parts=len(groups),
+                batch=b,
+                margin=self.margin,
+            )
+            for i, (case, slots, forced) in enumerate(groups)
+        ]
+
+    def _draw_case(self, step: int, k: int) -> str:
+        """Cases are drawn uniformly with replacement, as nnU-Net does."""
+        return self.case_ids[int(self._rng(step, k, _CASE_STREAM).integers(len(self.case_ids)))]
+
+    def _rng(self, step: int, slot: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.rank, step, slot, stream])
+
+
+def crop_rng(request: CropRequest, slot: int) -> np.random.Generator:
+    """The generator of one crop: seeded by (seed, rank, step, slot) only."""
+    return np.random.default_rng(
+        [request.seed, request.rank, request.step, slot, _CROP_STREAM]
+    )
+
+
+def forced_classes(labels: dict, values: Sequence[int]) -> list[tuple[int, ...]]:
+    """The classes a forced crop can pick: regions (lists of values) or single values.
+
+    With regions (nnU-Net's region-based training) every declared label is a region; its
+    voxels are the union of its values' indices. Without, each foreground value is a class.
+    """
+    has_regions = any(isinstance(v, list) for v in labels.values())
+    if not has_regions:
+        return [(int(v),) for v in values]
+    out = []
+    for v in labels.values():
+        region = tuple(int(x) for x in (v if isinstance(v, list) else [v]))
+        if region != (0,) and region not in out:
+            out.append(region)
+    return out
+
+
+def plan_origins(
+    request: CropRequest,
+    shape: Sequence[int],
+    locations: dict[tuple[int, ...], np.ndarray],
+    annotated: np.ndarray | None = None,
+) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Crop origins (of the patch, not the margin) and the class index picked per crop.
+
+    nnU-Net's loader rule: with the patch P and the case shape S, a random crop's origin
+    is uniform in [-pad//2, S + pad//2 + pad%2 - P] where pad = max(P - S, 0); a forced
+    crop picks a class uniformly among those present and centres on one of its stored
+    voxels (origin = max(lower bound, voxel - P//2)). A case with no foreground falls
+    back to a random crop. With an ignore label, unforced crops centre on annotated voxels.
+    ``locations`` maps each class to its (N, 3) voxel coordinates; the picked class is
+    reported as its index into ``locations`` (-1 for an unforced crop).
+    """
+    patch = request.patch
+    pad = [max(p - s, 0) for p, s in zip(patch, shape)]
+    lbs = [-(n // 2) for n in pad]
+    ubs = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, pad, patch)]
+    classes = list(locations)
+    eligible = [i for i, c in enumerate(classes) if len(locations[c]) > 0]
+    origins, picked = [], []
+    for slot, forced in zip(request.slots, request.forced):
+        rng = crop_rng(request, slot)
+        voxels = None
+        choice = -1
+        if forced and eligible:
+            choice = eligible[int(rng.integers(len(eligible)))]
+            voxels = locations[classes[choice]]
+        elif not forced and annotated is not None and len(annotated):
+            voxels = annotated
+        if voxels is not None:
+            v = voxels[int(rng.integers(len(voxels)))]
+            origin = tuple(max(lb, int(c) - p // 2) for lb, c, p in zip(lbs, v, patch))
+        else:
+            origin = tuple(int(rng.integers(lb, ub + 1)) for lb, ub in zip(lbs, ubs))
+        origins.append(origin)
+        picked.append(choice)
+    return origins, picked
