@@ -20,6 +20,8 @@ _EXPORTS = {
     # raw → store
     "convert": "pgps_data.raw.convert",
     "write_synthetic_dataset": "pgps_data.synthetic.dataset",
+    # labels: values, regions, ignore label, region order
+    "Labels": "pgps_data.labels",
     # the store
     "open_store": "pgps_data.store.store",
     "Store": "pgps_data.store.store",

@@ -1,16 +1,17 @@
 """Per-label Dice of predicted label maps against reference labels (nnU-Net's rules).
 
 Scores are MONAI's Dice (:func:`monai.metrics.compute_dice`) on one binary channel per
-label: a plain label is the voxels of its value, a region (a label whose value is a
-list) the union of its values. Background (value 0) and the ``ignore`` label are not
-scored; voxels where the *reference* holds the ignore label are excluded from both
+scored label (:meth:`pgps_data.labels.Labels.scored`): a plain label is the voxels of its
+value, a region (a label whose value is a list) the union of its values. Background
+(value 0) and the ``ignore`` label are not scored; voxels where the *reference* holds the ignore label are excluded from both
 prediction and reference. Dice is None (JSON null) when prediction and reference are both
 empty for a label — nnU-Net reports NaN there — and 0.0 when only one of them is. Means
 over cases skip None; ``foreground_mean`` is the mean of the per-label means (nnU-Net's
 definition).
 
 ``pgps-evaluate PRED_DIR LABEL_DIR`` takes the labels from ``--labels`` (a dataset.json
-in MSD or nnU-Net form) or else from ``PRED_DIR/labels.json`` (written by pgps-predict),
+in MSD or nnU-Net form, read by :meth:`~pgps_data.labels.Labels.from_json_file` with the
+conversion's checks) or else from ``PRED_DIR/labels.json`` (written by pgps-predict),
 prints a table and writes JSON (``--json``, default ``PRED_DIR/summary.json``).
 
 Every label in LABEL_DIR needs its prediction and every prediction its label: a mean over
@@ -24,7 +25,6 @@ replaces a file that is not an earlier pgps-evaluate result.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from pgps_data.errors import PGPSInputError
+from pgps_data.labels import Labels
 from pgps_data.raw.cases import AFFINE_TOLERANCE
 from pgps_data.raw.readers import file_ending, read_volume
 
 PROG = "pgps-evaluate"
 TOOL = "pgps-evaluate"  # marks its JSON results: only those are ever replaced
 SHOWN = 5  # cases named in a one-line message before "and N more"
-Labels = Mapping[str, int | list[int]]
+LabelsLike = Labels | Mapping[str, int | list[int]]  # a mapping is read as Labels(mapping)
 
 
 class MissingCasesError(PGPSInputError):
@@ -51,24 +52,25 @@ class MissingCasesError(PGPSInputError):
 
 
 def dice_scores(
-    pred: np.ndarray, ref: np.ndarray, labels: Labels, ignore_label: int | None = None
+    pred: np.ndarray, ref: np.ndarray, labels: LabelsLike, ignore_label: int | None = None
 ) -> dict[str, float | None]:
     """Dice per scored label of two (Z, Y, X) label maps: {name: Dice or None}.
 
-    ``labels`` maps names to a value or a list of values (a region: Dice of the union).
-    ``ignore_label`` defaults to ``labels["ignore"]`` when present.
+    ``labels`` is a :class:`~pgps_data.labels.Labels` or a mapping of names to a value or
+    a list of values (a region: Dice of the union); ``ignore_label`` (for a mapping)
+    defaults to its ``"ignore"`` label.
     """
     import torch
     from monai.metrics import compute_dice
 
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
-    if ignore_label is None and isinstance(labels.get("ignore"), int):
-        ignore_label = int(labels["ignore"])
-    scored = scored_labels(labels)
+    labels = as_labels(labels, ignore_label)
+    scored = labels.scored()
     if not scored:
         return {}
-    keep = None if ignore_label is None else ref != ignore_label
+    ignore = labels.ignore_label
+    keep = None if ignore is None else ref != ignore
     p_masks, r_masks = [], []
     for values in scored.values():
         p, r = np.isin(pred, values), np.isin(ref, values)
@@ -88,20 +90,18 @@ def dice_scores(
     return out
 
 
-def scored_labels(labels: Labels) -> dict[str, list[int]]:
-    """The labels that are scored, as value lists: all but background (0) and ``ignore``."""
-    out = {}
-    for name, value in labels.items():
-        values = sorted({int(v) for v in (value if isinstance(value, list | tuple) else [value])})
-        if name != "ignore" and values != [0]:
-            out[str(name)] = values
-    return out
+def as_labels(labels: LabelsLike, ignore_label: int | None = None) -> Labels:
+    """``labels`` as :class:`~pgps_data.labels.Labels` (a mapping is checked like a
+    dataset.json's labels)."""
+    if isinstance(labels, Labels):
+        return labels
+    return Labels(labels, ignore_label=ignore_label)
 
 
 def evaluate_folder(
     pred_dir: str | Path,
     label_dir: str | Path,
-    labels: Labels,
+    labels: LabelsLike,
     ignore_label: int | None = None,
     file_ending: str | None = None,
     *,
@@ -118,6 +118,7 @@ def evaluate_folder(
     readable ending, matched by case id. A prediction whose shape or affine differs from
     its reference raises PGPSInputError naming both files.
     """
+    labels = as_labels(labels, ignore_label)
     preds = _images(Path(pred_dir), file_ending)
     refs = _images(Path(label_dir), file_ending)
     if not preds:
@@ -145,7 +146,7 @@ def evaluate_folder(
             raise PGPSInputError(f"{pred_path}: affine differs from reference {ref_path}; "
                                  "predict in the label's geometry")
         per_case[case_id] = dice_scores(_ints(pred.data, pred_path), _ints(ref.data, ref_path),
-                                        labels, ignore_label)
+                                        labels)
     return {**summarise(per_case), "missing": missing, "unlabelled": unlabelled}
 
 
@@ -164,37 +165,6 @@ def summarise(per_case: Mapping[str, Mapping[str, float | None]]) -> dict[str, A
         "mean": mean,
         "foreground_mean": float(np.mean(present)) if present else None,
     }
-
-
-def load_labels(path: str | Path) -> tuple[dict[str, int | list[int]], int | None]:
-    """(labels {name: value or [values]}, ignore label) from a JSON file.
-
-    Accepts an nnU-Net dataset.json ({name: value}), an MSD one ({"0": "background", ...})
-    and pgps-predict's labels.json ({"labels": ..., "ignore_label": ...}).
-    """
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        raw = doc["labels"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PGPSInputError(f"{path}: cannot read labels ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(raw, dict) or not raw:
-        raise PGPSInputError(f"{path}: 'labels' must be a non-empty object")
-    labels: dict[str, int | list[int]] = {}
-    if all(isinstance(v, str) for v in raw.values()):  # MSD: {"1": "organ"}
-        for value, name in raw.items():
-            if not str(value).isdigit():
-                raise PGPSInputError(f"{path}: MSD label key {value!r} is not an integer")
-            labels[name] = int(value)
-    else:
-        for name, value in raw.items():
-            ok = isinstance(value, int) or (isinstance(value, list) and value
-                                            and all(isinstance(v, int) for v in value))
-            if not ok or isinstance(value, bool):
-                raise PGPSInputError(f"{path}: label {name!r} must be an integer or a list of them")
-            labels[name] = value
-    ignore = doc.get("ignore_label", labels.get("ignore"))
-    return labels, None if ignore is None else int(ignore)  # type: ignore[arg-type]
 
 
 def print_table(results: Mapping[str, Any], console: Any = None, title: str = "Dice") -> None:

@@ -4,7 +4,9 @@ Each validation case is predicted from its raw image files exactly as `pgps-pred
 would (preprocessed like the store, sliding window at the final patch, mapped back to the
 source geometry) and scored against its raw label with `pgps-evaluate`'s Dice. When the
 raw dataset is no longer where the store was made from, the store's own preprocessed
-arrays are scored instead (target space), and the summary says so.
+arrays are scored instead (target space), and the summary says so. The model.json labels
+decide the nonlinearity, the label map and what is scored (a region scores the union of
+its values), as for pgps-predict and pgps-evaluate.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import torch
 
 from pgps_data.raw.readers import read_volume, write_volume
 from pgps_train.evaluate import dice_scores, print_table, summarise
-from pgps_train.inference import predict_case, predict_volume, probabilities_to_labels
+from pgps_train.inference import model_labels, predict_case, predict_volume
 
 
 def evaluate_run(out: Path, net: torch.nn.Module, store: Any, case_ids: list[str],
                  device: torch.device, *, log=print, quiet: bool = False) -> dict[str, Any]:  # noqa: ANN001
     """Validation Dice of ``net`` on ``case_ids``; predictions go to ``out/validation``."""
     config = json.loads((out / "model.json").read_text())
-    labels, ignore = store.labels, store.ignore_label
+    labels = model_labels(config)
     folder = out / "validation"
     folder.mkdir(exist_ok=True)
     root = Path(store.meta.get("source_root") or "")
@@ -43,10 +45,10 @@ def evaluate_run(out: Path, net: torch.nn.Module, store: Any, case_ids: list[str
         else:  # raw data moved away: score in the store's (target) space
             space = "store"
             probs = predict_volume(net, np.asarray(case.image[...]), config["patch"],
-                                   device=device)
-            pred = probabilities_to_labels(probs, config)
+                                   device=device, nonlin=labels.nonlinearity)
+            pred = labels.label_map(probs)
             ref = np.asarray(case.label[...])
-        per_case[cid] = dice_scores(pred, ref, labels, ignore)
+        per_case[cid] = dice_scores(pred, ref, labels)
     results = {**summarise(per_case), "space": space, "cases": len(case_ids)}
     (folder / "summary.json").write_text(json.dumps(results, indent=1))
     if not quiet:

@@ -11,11 +11,11 @@ anisotropic axis) and only then turned into a label map; outside the crop box th
 background (softmax) or 0 (regions). The affine never changes, so the label map written
 with the reference file's geometry overlays the input in 3D Slicer or ITK-SNAP.
 
-Output channels: channel 0 is background and channel k the k-th sorted foreground value
-of ``label_values`` (softmax, label = ``[0, *values][argmax]``). With nnU-Net regions
-(a label whose value is a list), channel i is the i-th foreground region in ``labels``
-order (sigmoid), and the label map follows nnU-Net's rule: for i, c in
-``regions_class_order``, voxels with p_i > 0.5 become c, later regions overwriting.
+Output channels, the nonlinearity and the label map are model.json's labels'
+(:class:`pgps_data.labels.Labels`, nnU-Net's rules): softmax over background and each
+foreground value, the label the value of the argmax; or, with regions, one sigmoid per
+foreground region in label order, painted in ``regions_class_order`` (p > 0.5, later
+regions overwriting).
 
 The command line (``pgps-predict``) lives in :mod:`pgps_train.cli.predict`.
 """
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pgps_data.errors import PGPSInputError, read_json
+from pgps_data.labels import Labels
 from pgps_data.raw.cases import AFFINE_TOLERANCE
 from pgps_data.raw.preprocess import preprocess_case, restore_to_source
 from pgps_data.raw.readers import Volume, check_finite, geometry_dict, read_volume
@@ -138,7 +139,7 @@ def load_config(model_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if not isinstance(config, dict) or k not in config]
     if missing:
         raise PGPSInputError(f"{path}: lacks {', '.join(missing)} (written by an older pgps?)")
-    n_out = len(output_values(config))
+    n_out = Labels.from_dict(config, where=path).num_outputs
     if int(config["num_classes"]) != n_out:
         raise PGPSInputError(f"{path}: num_classes {config['num_classes']} but the labels give "
                              f"{n_out} output channel(s)")
@@ -150,13 +151,12 @@ def config_from_store(
     file_ending: str = ".nii.gz",
 ) -> dict[str, Any]:
     """A model.json dict from a store's attrs (``store.meta``), a network config and patch."""
+    labels = Labels.from_dict(meta, where="store attrs")
     config = {
         "network": dict(network),
         "patch": [int(p) for p in patch],
-        "labels": meta["labels"],
-        "label_values": [int(v) for v in meta["label_values"]],
-        "ignore_label": meta.get("ignore_label"),
-        "regions_class_order": meta.get("regions_class_order"),
+        "num_classes": labels.num_outputs,
+        **labels.to_dict(),
         "channel_names": list(meta["channel_names"]),
         "modalities": list(meta["modalities"]),
         "target_spacing": [float(s) for s in meta["target_spacing"]],
@@ -164,42 +164,12 @@ def config_from_store(
         "use_mask_for_norm": bool(meta.get("plan", {}).get("use_mask_for_norm", False)),
         "file_ending": file_ending,
     }
-    config["num_classes"] = len(output_values(config))
     return config
 
 
-def has_regions(labels: Mapping[str, Any]) -> bool:
-    """nnU-Net's test: some label maps to a list of more than one value."""
-    return any(isinstance(v, list | tuple) and len(v) > 1 for v in labels.values())
-
-
-def output_values(config: Mapping[str, Any]) -> list[int] | list[list[int]]:
-    """What each output channel stands for: label values (softmax, background first), or
-    the foreground regions as value lists (sigmoid), in ``labels`` order."""
-    labels = config["labels"]
-    if not has_regions(labels):
-        return [0, *sorted(int(v) for v in config["label_values"])]
-    regions = []
-    for name, value in labels.items():
-        values = sorted({int(v) for v in (value if isinstance(value, list | tuple) else [value])})
-        if name != "ignore" and values != [0]:
-            regions.append(values)
-    return regions
-
-
-def probabilities_to_labels(probs: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
-    """(K, Z, Y, X) probabilities → uint8 label map of label values (see module doc)."""
-    if not has_regions(config["labels"]):
-        values = np.asarray(output_values(config), dtype=np.uint8)
-        return values[np.argmax(probs, axis=0)]
-    order = config.get("regions_class_order")
-    if not isinstance(order, list) or len(order) != probs.shape[0]:
-        raise PGPSInputError(f"{MODEL_JSON}: regions need 'regions_class_order' with one value "
-                             f"per region ({probs.shape[0]})")
-    seg = np.zeros(probs.shape[1:], dtype=np.uint8)
-    for i, value in enumerate(order):
-        seg[probs[i] > 0.5] = int(value)
-    return seg
+def model_labels(config: Mapping[str, Any]) -> Labels:
+    """The labels of a model.json dict: what its outputs mean and how they become labels."""
+    return Labels.from_dict(config, where=MODEL_JSON)
 
 
 def read_case_image(paths: Sequence[str | Path], channels: int) -> tuple[np.ndarray, Volume]:
@@ -269,16 +239,16 @@ def predict_case(
     image, ref = read_case_image(image_paths, len(config["channel_names"]))
     pre, props = preprocess_for_model(image, ref.spacing, config)
     del image
-    regions = has_regions(config["labels"])
+    labels = model_labels(config)
     probs = predict_volume(model, pre, config["patch"], overlap=overlap, mirror=mirror,
-                           device=device, batch_size=batch_size,
-                           nonlin="sigmoid" if regions else "softmax")
+                           device=device, batch_size=batch_size, nonlin=labels.nonlinearity)
     if probs.shape[0] != int(config["num_classes"]):
         raise PGPSInputError(f"{MODEL_JSON}: the network gives {probs.shape[0]} channels, "
                              f"num_classes is {config['num_classes']}")
-    fill = [0.0] * probs.shape[0] if regions else None  # softmax: background outside the box
+    # outside the crop box: no region (sigmoid), or background (softmax, restore's default)
+    fill = [0.0] * probs.shape[0] if labels.has_regions else None
     source = restore_to_source(probs, props, order=1, fill=fill)
-    label = probabilities_to_labels(source, config)
+    label = labels.label_map(source)
     return label, (source if return_probabilities else None), geometry_dict(ref)
 
 

@@ -41,9 +41,8 @@ from monai.networks.nets import UNETR, DynUNet, SwinUNETR
 from torch import Tensor, nn
 
 from pgps_data.errors import PGPSInputError
-from pgps_train.planning import lattice_step, snap_patch, unet_topology
+from pgps_train.planning import check_network, lattice_step, snap_patch, unet_topology
 
-NETWORKS = ("unet", "unetr", "swinunetr")
 UNETR_KNOBS = frozenset({"feature_size", "hidden_size", "mlp_dim", "num_heads", "dropout_rate",
                          "qkv_bias", "conv_block", "res_block"})
 SWIN_KNOBS = frozenset({"feature_size", "depths", "num_heads", "window_size", "drop_rate",
@@ -73,7 +72,7 @@ def network_lattice(
     For ``unet`` the poolings (hence the steps) follow nnU-Net's rule on the patch and
     spacing; the transformers have a fixed step and minimum.
     """
-    _check_name(name)
+    check_network(name)
     steps = tuple(lattice_step(name, _as_patch(patch), spacing))
     if name == "unet":
         return Lattice(steps, None)  # type: ignore[arg-type]
@@ -83,7 +82,7 @@ def network_lattice(
 def check_patch(name: str, patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
     """Raise :class:`PGPSInputError` naming the nearest valid patches if ``patch`` is off
     the lattice of ``name`` (for unet: the lattice its own poolings define)."""
-    _check_name(name)
+    check_network(name)
     patch = _as_patch(patch)
     steps = lattice_step(name, patch, spacing)
     if all(p % s == 0 for p, s in zip(patch, steps)):
@@ -103,7 +102,7 @@ def check_patch(name: str, patch: Sequence[int], spacing: Sequence[float] = (1.0
 def tiny_kwargs(name: str) -> dict[str, Any]:
     """CPU-sized widths for ``build_network`` (demo, tests): ``build_network(name, ...,
     **tiny_kwargs(name))``."""
-    _check_name(name)
+    check_network(name)
     return {k: list(v) if isinstance(v, list) else v for k, v in _TINY[name].items()}
 
 
@@ -126,7 +125,7 @@ def build_network(
     ``feature_size``, ``depths``, ``num_heads``, ... (see ``UNETR_KNOBS``/``SWIN_KNOBS``).
     A patch off the lattice is refused (:func:`check_patch`).
     """
-    _check_name(name)
+    check_network(name)
     patch = _as_patch(patch)
     spacing = tuple(float(s) for s in spacing)
     check_patch(name, patch, spacing)
@@ -287,11 +286,6 @@ def _build_unet(in_channels: int, num_classes: int, patch: tuple[int, int, int],
         deep_supervision=deep_supervision, deep_supr_num=topo.n_stages - 2,
         res_block=False, trans_bias=True,
     )
-
-
-def _check_name(name: str) -> None:
-    if name not in NETWORKS:
-        raise PGPSInputError(f"unknown network {name!r} (use one of {', '.join(NETWORKS)})")
 
 
 def _as_patch(patch: Sequence[int]) -> tuple[int, int, int]:

@@ -25,6 +25,9 @@ from pgps_data.errors import PGPSInputError
 
 MIN_FEATURE_MAP = 4  # nnU-Net's UNet_featuremap_min_edge_length
 TRANSFORMER_STEPS = {"unetr": 16, "swinunetr": 32}
+#: The networks a run can train (``--net``'s choices): named here, not in networks.py,
+#: because this module imports no torch and ``pgps-schedule --pools`` must not either.
+NETWORKS = ("unet", *TRANSFORMER_STEPS)
 UNET_FLOOR = 2 * MIN_FEATURE_MAP  # plan_patch never shrinks a unet axis below one pooling
 
 
@@ -92,13 +95,18 @@ def unet_topology(
     return UnetTopology(tuple(pools), tuple(strides), tuple(kernels))  # type: ignore[arg-type]
 
 
+def check_network(name: str) -> str:
+    """``name`` if it is one of :data:`NETWORKS`; else one line naming the choices."""
+    if name not in NETWORKS:
+        raise PGPSInputError(f"unknown network {name!r} (use one of {', '.join(NETWORKS)})")
+    return name
+
+
 def lattice_step(name: str, patch: Sequence[int], spacing: Sequence[float]) -> tuple[int, ...]:
     """The lattice step per axis of network ``name`` for final patch ``patch``."""
-    if name == "unet":
+    if check_network(name) == "unet":
         return unet_topology(patch, spacing).step
-    if name in TRANSFORMER_STEPS:
-        return (TRANSFORMER_STEPS[name],) * len(patch)
-    raise PGPSInputError(f"unknown network {name!r} (use one of unet, unetr, swinunetr)")
+    return (TRANSFORMER_STEPS[name],) * len(patch)
 
 
 def snap_patch(

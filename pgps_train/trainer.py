@@ -7,7 +7,10 @@ Everything the loop needs from the data comes from the store (channels, labels, 
 cases) and the curriculum (patch and batch per step); the loader streams the batches.
 nnU-Net's optimisation recipe: SGD with Nesterov momentum 0.99, lr 1e-2, weight decay
 3e-5, poly decay (exponent 0.9) over all iterations (not reset at stage changes),
-gradient clipping at 12, Dice + cross-entropy with deep supervision, autocast on CUDA.
+gradient clipping at 12, autocast on CUDA, and nnU-Net's objective with deep supervision
+(losses): Dice + cross-entropy over the label values, or, for a region dataset, one
+sigmoid output per region with Dice + binary cross-entropy (the store's
+:class:`~pgps_data.labels.Labels` decides, as nnU-Net's ``has_regions``).
 
 What protects a run: an incomplete store is refused (unless ``allow_incomplete``); a
 resume reloads the run's config.json and refuses other settings or another store
@@ -31,6 +34,7 @@ import torch
 
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
+from pgps_data.labels import Labels
 from pgps_data.loader.pipeline import make_validation_loader
 from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_data.store.splits import fold_cases, load_splits
@@ -42,9 +46,10 @@ from pgps_train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pgps_train.devices import choose_device
 from pgps_train.final_patch import resolve_patch
 from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loader_batches
-from pgps_train.losses import LabelMap, SegLoss, confusion_counts
+from pgps_train.losses import RegionObjective, SoftmaxObjective, objective_for
 from pgps_train.networks import build_network
 from pgps_train.run_config import (
     check_agrees,
@@ -106,6 +111,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  #
     A folder that already holds a run needs ``resume`` or ``overwrite``; the run holds the
     folder's lock throughout (see run_dir).
     """
+    choose_device(cfg.device)  # --device cuda without CUDA: one line before any folder is made
     out = Path(cfg.out)
     with run_lock(out), StopSignals() as stop:
         check_run_folder(out, resume=resume, overwrite=overwrite)
@@ -144,9 +150,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
     identity = store_identity(store)
     splits = load_splits(cfg.splits, store.case_ids) if cfg.splits else None
     train_ids, val_ids = fold_cases(store.case_ids, cfg.fold, splits)
-    labels = LabelMap(store.label_values, store.ignore_label).to(device)
+    labels = Labels.from_store(store)
+    objective = objective_for(labels).to(device)  # softmax over values, or a sigmoid per region
     patch = resolve_patch(cfg, store)
-    net = build_network(cfg.net, in_channels=store.channels, num_classes=labels.num_classes,
+    net = build_network(cfg.net, in_channels=store.channels, num_classes=labels.num_outputs,
                         patch=patch, spacing=store.spacing, **cfg.net_kwargs).to(device)
     grid = dict(patch=patch, steps=net.lattice.steps, min_size=net.lattice.minimum,
                 iterations_per_epoch=cfg.iterations_per_epoch, batch=cfg.batch,
@@ -163,7 +170,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                           nesterov=True, weight_decay=cfg.weight_decay)
     total = cur.total_iterations
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - min(s, total) / total) ** 0.9)
-    loss_fn = SegLoss(labels.num_classes, labels.ignore_index)
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() \
         else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16)
@@ -174,7 +180,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                  loader=loader)
         set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
-    _write_model_json(out, net, store, patch, labels.num_classes)
+    _write_model_json(out, net, store, patch, labels)
     write_run_record(out, asdict(cfg), identity)
     (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
     runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device)
@@ -216,10 +222,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             step, stage = batch["step"], cur.stage_at(batch["step"])
             runlog.enter(stage)
             x = batch["image"].to(device, non_blocking=True)
-            y = labels(batch["label"].to(device, non_blocking=True))
+            y = objective.target(batch["label"].to(device, non_blocking=True))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
                 outputs = net(x)
-            loss = loss_fn(outputs, y)
+            loss = objective.loss(outputs, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
@@ -234,7 +240,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             done = step + 1
 
             if done % cfg.eval_every == 0 or done == total:
-                dice = validate(net, val_loader, labels, device, amp_dtype, runlog.timers)
+                dice = validate(net, val_loader, objective, device, amp_dtype, runlog.timers)
                 runlog.eval_row(step, stage, loss_value, dice, sched.get_last_lr()[0],
                                 t_compute, t_wait)
                 net.train()
@@ -304,9 +310,10 @@ def _restore(ckpt: dict[str, Any], path: Path, **parts: Any) -> None:
 
 
 @torch.no_grad()
-def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.device,  # noqa: ANN001
+def validate(net: torch.nn.Module, val_loader,  # noqa: ANN001
+             objective: SoftmaxObjective | RegionObjective, device: torch.device,
              amp_dtype: torch.dtype, timers: Timers | None = None) -> list[float]:
-    """nnU-Net's pseudo-Dice per foreground class over the validation crops.
+    """nnU-Net's pseudo-Dice per foreground class (or region) over the validation crops.
 
     ``timers`` gets the wait for the first batch (each pass starts the validation workers)
     as ``validation_startup`` and the rest as ``validation``.
@@ -320,10 +327,10 @@ def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.d
             timers.add("validation_startup", t1 - t0)
             t0, first = t1, False
         x = batch["image"].to(device, non_blocking=True)
-        y = labels(batch["label"].to(device, non_blocking=True))
+        y = objective.target(batch["label"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
             logits = net(x)
-        c = confusion_counts(logits.float(), y, labels.num_classes, labels.ignore_index)
+        c = objective.counts(logits.float(), y)
         counts = c if counts is None else counts + c
     if timers is not None:
         timers.add("validation", time.perf_counter() - t0)
@@ -335,24 +342,18 @@ def validate(net: torch.nn.Module, val_loader, labels: LabelMap, device: torch.d
 
 
 def _write_model_json(out: Path, net: torch.nn.Module, store, patch,  # noqa: ANN001
-                      num_classes: int) -> None:
-    """What inference needs to rebuild the network and preprocess raw files like the store."""
+                      labels: Labels) -> None:
+    """What inference needs to rebuild the network and preprocess raw files like the store.
+
+    The label keys are the store's (:meth:`Labels.to_dict`): with regions the network has
+    one sigmoid output per region and pgps-predict paints them in ``regions_class_order``.
+    """
     meta = store.meta
-    # The network is trained with a softmax over label values (background + each value),
-    # also for region datasets, so the model predicts values; regions are scored as unions.
-    names = {v: k for k, v in meta["labels"].items() if isinstance(v, int)}
-    labels = {"background": 0, **{names.get(v, f"value_{v}"): v for v in store.label_values}}
-    if store.ignore_label is not None:
-        labels[names.get(store.ignore_label, "ignore")] = store.ignore_label
     model = {
         "network": net.config(),
         "patch": list(patch),
-        "num_classes": num_classes,
-        "labels": labels,
-        "label_values": store.label_values,
-        "ignore_label": store.ignore_label,
-        "regions_class_order": None,
-        "store_labels": meta["labels"],
+        "num_classes": labels.num_outputs,
+        **labels.to_dict(),
         "channel_names": meta["channel_names"],
         "modalities": meta["modalities"],
         "target_spacing": meta["target_spacing"],

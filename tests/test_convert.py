@@ -98,23 +98,23 @@ def test_nnunet_two_channels_regions_and_ignore(nnunet_regions: Path) -> None:
     store = open_store(nnunet_regions)
     assert store.meta["source_layout"] == "nnunet"
     assert store.meta["channel_names"] == ["CT", "MR"]
-    assert store.labels == {"background": 0, "organ_and_lesion": [1, 2], "lesion": 2,
-                            "ignore": 3}
-    assert store.ignore_label == 3
-    assert store.meta["regions_class_order"] == [1, 2]
-    assert store.label_values == [1, 2]
+    assert store.labels == {"background": 0, "whole": [1, 2, 3], "core": [2, 3],
+                            "enhancing": [3], "ignore": 4}
+    assert store.ignore_label == 4
+    assert store.meta["regions_class_order"] == [1, 2, 3]
+    assert store.label_values == [1, 2, 3]
     for case in store:
         image, label = case.image[...], case.label[...]
         assert image.shape == (2, *label.shape)
         assert np.std(image[1]) > 0.1  # the MR channel is really there, z-scored
-        assert (label == 3).any()  # the ignore label survives resampling
+        assert (label == 4).any()  # the ignore label survives resampling
         annotated = case.annotated()
         assert annotated.shape[1] == 3 and len(annotated) > 0
-        assert not (label[tuple(annotated.T)] == 3).any()
-        n_annotated = int((label != 3).sum())
+        assert not (label[tuple(annotated.T)] == 4).any()
+        n_annotated = int((label != 4).sum())
         assert len(annotated) == index_count(n_annotated)
-        assert case.meta["label_counts"]["3"] == int((label == 3).sum())
-        assert "fg_3" not in case.meta["index_arrays"]
+        assert case.meta["label_counts"]["4"] == int((label == 4).sum())
+        assert "fg_4" not in case.meta["index_arrays"]
 
 
 def test_annotated_absent_without_ignore_label(tiny_store: Path) -> None:

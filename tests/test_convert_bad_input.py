@@ -247,3 +247,18 @@ def test_rerun_with_other_inputs_needs_overwrite(small_raw: Path, tmp_path: Path
     assert open_store(out).spacing == (3.0, 2.0, 2.0)
     rc, out_text, _ = _cli([str(raw), str(out), "--spacing", "3", "2", "2"], capsys)
     assert rc == 0 and "0 case(s) converted, 3 already complete" in out_text
+
+
+def test_an_unknown_codec_is_one_line_before_anything_is_read(small_raw: Path,
+                                                               tmp_path: Path) -> None:
+    """convert() (the Python API; the CLI's --codec choices are the same names) checks the
+    codec with the store's own check (chunking.check_codec), before the dataset is read."""
+    from pgps_data.errors import PGPSInputError
+    from pgps_data.raw.convert import convert
+    from pgps_data.store.chunking import CODECS
+
+    logged: list[str] = []
+    with pytest.raises(PGPSInputError) as exc:
+        convert(small_raw, tmp_path / "c.zarr", codec="zstd", quiet=True, log=logged.append)
+    assert str(exc.value) == f"unknown codec 'zstd' (use one of: {', '.join(CODECS)})"
+    assert logged == [] and not (tmp_path / "c.zarr").exists()

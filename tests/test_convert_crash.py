@@ -289,7 +289,7 @@ def test_a_full_disk_in_finish_store_is_one_line(tiny_raw: Path, tiny_store: Pat
     def replace(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         if Path(dst) == out / "zarr.json":
             writes["root"] += 1
-            if writes["root"] == 2:  # the first is prepare_store, the second finish_store
+            if writes["root"] == 2:  # the first is create_root, the second finish_store
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst, *a, **kw)
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pgps_data.errors import PGPSInputError
+from pgps_data.labels import Labels
 from pgps_train.cli.evaluate import main
-from pgps_train.evaluate import dice_scores, evaluate_folder, load_labels, print_table
+from pgps_train.evaluate import dice_scores, evaluate_folder, print_table
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "cyst": 3, "vessel": 4}
 
@@ -228,14 +229,39 @@ def test_closed_stdout_does_not_fail_the_run(tmp_path: Path, monkeypatch: pytest
 def test_label_files_in_both_forms(tmp_path: Path):
     msd = tmp_path / "msd.json"
     msd.write_text(json.dumps({"labels": {"0": "background", "1": "organ", "2": "lesion"}}))
-    assert load_labels(msd) == ({"background": 0, "organ": 1, "lesion": 2}, None)
+    labels = Labels.from_json_file(msd)
+    assert labels.declared == {"background": 0, "organ": 1, "lesion": 2}
+    assert labels.ignore_label is None
     nn = tmp_path / "nn.json"
-    nn.write_text(json.dumps({"labels": {"background": 0, "both": [1, 2], "ignore": 3}}))
-    assert load_labels(nn) == ({"background": 0, "both": [1, 2], "ignore": 3}, 3)
+    nn.write_text(json.dumps({"labels": {"background": 0, "both": [1, 2], "ignore": 3},
+                              "regions_class_order": [1]}))
+    labels = Labels.from_json_file(nn)
+    assert labels.declared == {"background": 0, "both": [1, 2], "ignore": 3}
+    assert labels.ignore_label == 3 and labels.scored() == {"both": [1, 2]}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"labels": {"organ": "x1"}}))
     with pytest.raises(PGPSInputError, match="bad.json: MSD label key 'organ'"):
-        load_labels(bad)
+        Labels.from_json_file(bad)
+
+
+def test_nested_regions_with_ignore_by_hand():
+    """BraTS-like regions (whole ⊃ core ⊃ enhancing) scored as unions, ignore left out."""
+    labels = Labels({"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3],
+                     "ignore": 4}, regions_class_order=[1, 2, 3])
+    # index:             0  1  2  3  4  5  6  7
+    pred = np.array([1, 2, 3, 3, 0, 1, 2, 0]).reshape(1, 1, 8)
+    ref = np.array([1, 1, 3, 2, 0, 4, 4, 2]).reshape(1, 1, 8)
+    scores = dice_scores(pred, ref, labels)  # voxels 5 and 6 are ignored
+    # whole {1,2,3}: pred {0,1,2,3}, ref {0,1,2,3,7}: 2*4 / (4+5)
+    assert scores["whole"] == pytest.approx(8 / 9)
+    # core {2,3}: pred {1,2,3}, ref {2,3,7}: 2*2 / (3+3)
+    assert scores["core"] == pytest.approx(4 / 6)
+    # enhancing {3}: pred {2,3}, ref {2}: 2*1 / (2+1)
+    assert scores["enhancing"] == pytest.approx(2 / 3)
+    assert list(scores) == ["whole", "core", "enhancing"]
+    # without the ignore label, voxels 5 and 6 count: whole pred gains 5 and 6
+    plain = dice_scores(pred, ref, {k: v for k, v in labels.declared.items() if k != "ignore"})
+    assert plain["whole"] == pytest.approx(8 / 11)
 
 
 def test_cli_writes_json_and_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture):

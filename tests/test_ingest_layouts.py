@@ -8,6 +8,7 @@ import os
 import pytest
 
 from pgps_data.errors import PGPSInputError
+from pgps_data.labels import Labels
 from pgps_data.raw.layouts import discover
 
 
@@ -47,7 +48,8 @@ def test_msd_cases_labels_and_junk(tmp_path):
     assert spec.training[0].label_path.endswith("labelsTr/spleen_1.nii.gz")
     assert [c.case_id for c in spec.test] == ["spleen_9"] and spec.test[0].is_test
     assert spec.test[0].label_path is None
-    assert spec.labels == {"background": 0, "spleen": 1}
+    assert spec.label_set == Labels({"background": 0, "spleen": 1})
+    assert spec.labels == {"background": 0, "spleen": 1}  # the view raw/convert.py writes
     assert spec.label_values == [0, 1] and spec.ignore_label is None
     assert spec.modalities == ["CT"] and spec.channel_names == ["ct"]
     assert spec.problems == []
@@ -125,9 +127,11 @@ def test_nnunet_layout_channels_regions_ignore(tmp_path):
         "p1_0001.nrrd",
     ]
     assert [c.case_id for c in spec.test] == ["t1"] and spec.test[0].label_path is None
-    assert spec.labels["whole"] == [1, 2] and spec.ignore_label == 3
-    assert spec.label_values == [0, 1, 2, 3]
-    assert spec.regions_class_order == [1, 2]
+    labels = spec.label_set
+    assert labels.has_regions and labels.regions == [(1, 2), (2,)]
+    assert labels.ignore_label == 3 and labels.regions_class_order == [1, 2]
+    assert labels.all_values == [0, 1, 2, 3] and labels.foreground_values == [1, 2]
+    assert spec.label_values == [0, 1, 2, 3] and spec.labels["whole"] == [1, 2]
     assert spec.modalities == ["T2", "ADC"]
     text = "\n".join(spec.problems)
     assert "p2" in text and "labelsTr/p2.nrrd" in text and "missing" in text
@@ -165,3 +169,20 @@ def test_bad_dataset_json_raises_one_line(tmp_path):
     _nnunet(root, {"labels": {"background": 0, "bad": "one"}})
     with pytest.raises(PGPSInputError, match="'bad' must be an integer"):
         discover(root)
+
+
+def test_regions_need_one_class_order_value_each(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    for extra, words in [({"regions_class_order": None}, "region labels need 'regions_class_order'"),
+                         ({"regions_class_order": [1, 2, 3]},
+                          "has 3 value(s) but the labels declare 2 region(s) (whole, core)")]:
+        _nnunet(root, extra)
+        with pytest.raises(PGPSInputError) as err:
+            discover(root)
+        assert str(err.value).startswith(str(root / "dataset.json")) and words in str(err.value)
+    # one-value lists alone are plain labels (nnU-Net's rule): no order needed
+    _nnunet(root, {"labels": {"background": 0, "organ": [1], "lesion": 2},
+                   "regions_class_order": None})
+    spec = discover(root)
+    assert not spec.label_set.has_regions and spec.label_set.output_channels == [0, 1, 2]

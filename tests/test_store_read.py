@@ -150,3 +150,22 @@ def test_missing_arrays_tells_a_writer_whether_a_case_is_whole(store: Path) -> N
     _edit_attrs(cases / "synth_001", complete=False)
     assert missing_arrays(cases / "synth_001", labelled=True) is None
     assert missing_arrays(cases / "nope", labelled=True) is None
+
+
+@pytest.mark.parametrize("flag", [1, "true", None])
+def test_only_json_true_marks_a_case_or_the_store_complete(store: Path, flag: object) -> None:
+    """One reader of the flag (completeness.is_complete) for the listing, the writer's
+    skip test and Store.complete: a flag that is not JSON true (edited by hand) counts as
+    unfinished everywhere, so the case is converted again and the store is not complete."""
+    from pgps_data.store.completeness import is_complete, missing_arrays
+    from pgps_data.store.write import case_is_complete
+
+    _edit_attrs(store / "cases" / "synth_002", complete=flag)
+    _edit_attrs(store, complete=flag)
+    s = open_store(store)
+    assert "synth_002" not in s.case_ids and s.missing_cases == ["synth_002"]
+    assert s.complete is False
+    assert missing_arrays(store / "cases" / "synth_002", labelled=True) is None
+    assert case_is_complete(store, "synth_002", is_test=False) is False
+    assert case_is_complete(store, "synth_001", is_test=False) is True
+    assert is_complete({"complete": flag}) is False and is_complete({"complete": True}) is True

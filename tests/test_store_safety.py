@@ -23,9 +23,16 @@ import zarr
 from pgps_data.cli.convert import main as convert_main
 from pgps_data.errors import PGPSInputError
 from pgps_data.raw.convert import convert
+from pgps_data.store.completeness import is_complete
 from pgps_data.store.lock import LOCK_NAME, store_lock
 from pgps_data.store.store import open_store
-from pgps_data.store.write import content_checksum, prepare_store, safe_remove, write_case
+from pgps_data.store.write import (
+    check_target,
+    content_checksum,
+    create_root,
+    safe_remove,
+    write_case,
+)
 from pgps_data.synthetic.dataset import write_synthetic_dataset
 from tests.conftest import assert_same_store
 
@@ -79,14 +86,15 @@ def _complete(out: Path) -> int:
     n = 0
     for meta in out.glob("cases/*/zarr.json"):
         try:
-            n += json.loads(meta.read_text()).get("attributes", {}).get("complete") is True
+            n += is_complete(json.loads(meta.read_text()).get("attributes", {}))
         except (OSError, ValueError):
             pass
     return n
 
 
 def _fresh_store(path: Path) -> Path:
-    prepare_store(path, {"inputs_fingerprint": "test"}, overwrite=False)
+    assert check_target(path, "test", overwrite=False) is None  # nothing there: a new root
+    create_root(path, {"inputs_fingerprint": "test"})
     return path
 
 
@@ -180,7 +188,8 @@ def test_overwrite_never_deletes_the_held_lock(clean: Path, tmp_path: Path) -> N
     with store_lock(out) as lock:
         inode = lock.stat().st_ino
         assert lock.read_text().strip() == f"{HOST}:{os.getpid()}"
-        prepare_store(out, {"inputs_fingerprint": "other"}, overwrite=True)
+        assert check_target(out, "other", overwrite=True) is None  # --overwrite: a new root
+        create_root(out, {"inputs_fingerprint": "other"})
         assert lock.stat().st_ino == inode
         assert not [p for p in (out / "cases").iterdir() if p.is_dir()]  # cases went, lock stayed
     assert not lock.exists()
@@ -385,3 +394,26 @@ def test_workers_get_an_absolute_store_path(raw: Path, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     convert(raw, "rel.zarr", quiet=True, log=lambda _: None)
     assert seen and all(p == tmp_path / "rel.zarr" and p.is_absolute() for p in seen)
+
+
+def test_check_target_decides_once_and_writes_nothing(clean: Path, tmp_path: Path) -> None:
+    """The one check of an output path (write.check_target): refuse, continue (the old
+    root's attributes) or start (None), without touching the folder in any case."""
+    out = tmp_path / "t.zarr"
+    shutil.copytree(clean, out)
+    fingerprint = open_store(out).meta["inputs_fingerprint"]
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    previous = check_target(out, fingerprint, overwrite=False)
+    assert previous is not None and previous["creation_id"] == open_store(out).meta["creation_id"]
+    assert check_target(out, fingerprint, overwrite=True) is None
+    assert check_target(out, "other", overwrite=True) is None
+    with pytest.raises(PGPSInputError, match="different inputs or options.*--overwrite"):
+        check_target(out, "other", overwrite=False)
+    assert check_target(tmp_path / "new.zarr", "other", overwrite=False) is None
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "a.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(PGPSInputError, match="is not a pgps store"):
+            check_target(tmp_path / "user", fingerprint, overwrite=overwrite)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert not (tmp_path / "new.zarr").exists()

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from pgps_data.cli.synth import main
 from pgps_data.errors import PGPSInputError
-from pgps_data.synthetic.dataset import synthetic_case, write_synthetic_dataset
+from pgps_data.synthetic.dataset import case_spacing, synthetic_case, write_synthetic_dataset
 
 SIZE = (24, 48, 48)
 
@@ -160,22 +160,36 @@ def test_nnunet_layout_two_channels(tmp_path):
 
 
 def test_nnunet_ignore_and_regions(tmp_path):
+    """BraTS-like: values 1 organ, 2 core shell, 3 lesion nest as whole ⊃ core ⊃ enhancing;
+    the ignore label is 4, above every other value (as nnU-Net requires)."""
     out = write_synthetic_dataset(tmp_path / "nn", cases=2, test_cases=0, size=SIZE,
                                   layout="nnunet", ignore=True, regions=True, seed=3)
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["labels"] == {"background": 0, "organ_and_lesion": [1, 2], "lesion": 2,
-                              "ignore": 3}
-    assert meta["regions_class_order"] == [1, 2]
-    assert max(v if isinstance(v, int) else max(v) for v in meta["labels"].values()) == 3
+    assert meta["labels"] == {"background": 0, "whole": [1, 2, 3], "core": [2, 3],
+                              "enhancing": [3], "ignore": 4}
+    assert meta["regions_class_order"] == [1, 2, 3]
+    plain = write_synthetic_dataset(tmp_path / "plain", cases=2, test_cases=0, size=SIZE,
+                                    layout="nnunet", seed=3)
+    spacing = np.array(case_spacing(3, 0))
     for i in range(2):
         label = _zyx(out / "labelsTr" / f"synth_00{i}.nii.gz")
-        assert set(np.unique(label)) == {0, 1, 2, 3}
-        ignored = np.flatnonzero((label == 3).all(axis=(1, 2)))
+        assert set(np.unique(label)) == {0, 1, 2, 3, 4}
+        ignored = np.flatnonzero((label == 4).all(axis=(1, 2)))
         assert ignored.size > 0  # whole axial slabs, nothing else, are unannotated
-        np.testing.assert_array_equal((label == 3).any(axis=(1, 2)), (label == 3).all(axis=(1, 2)))
-        assert np.any(label[ignored] == 3) and (label == 1).any()
-        lesion_z = np.flatnonzero((label == 2).any(axis=(1, 2)))
-        assert np.abs(ignored[:, None] - lesion_z[None]).min() >= 2  # away from lesions
+        np.testing.assert_array_equal((label == 4).any(axis=(1, 2)), (label == 4).all(axis=(1, 2)))
+        core_z = np.flatnonzero(np.isin(label, [2, 3]).any(axis=(1, 2)))
+        assert np.abs(ignored[:, None] - core_z[None]).min() >= 2  # away from lesion and core
+        # the lesions are the plain dataset's lesions (label 2 there), and the core shell
+        # is organ within 2.5 mm of them: outside the ignore slabs the organ is the same
+        same = _zyx(plain / "labelsTr" / f"synth_00{i}.nii.gz")
+        annotated = label != 4
+        np.testing.assert_array_equal((label == 3)[annotated], (same == 2)[annotated])
+        np.testing.assert_array_equal((label > 0)[annotated], (same > 0)[annotated])
+        if i == 0:  # the shell by hand: organ voxels within 2.5 mm of a lesion voxel
+            dist = ndimage.distance_transform_edt(same != 2, sampling=spacing)
+            shell = (same == 1) & (dist <= 2.5)
+            np.testing.assert_array_equal((label == 2)[annotated], shell[annotated])
+            assert shell.any()
     assert not list((out / "imagesTs").iterdir())
 
 

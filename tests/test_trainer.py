@@ -179,6 +179,9 @@ def test_run_files_and_log_rows(eff_run: dict[str, Any]) -> None:
     model = json.loads((out / "model.json").read_text())
     assert model["patch"] == PATCH and model["num_classes"] == 3
     assert model["network"]["name"] == "unet" and model["label_values"] == [1, 2]
+    # the store's labels, unchanged: softmax over background + each value, no paint order
+    assert model["labels"] == {"background": 0, "organ": 1, "lesion": 2}
+    assert model["ignore_label"] is None and model["regions_class_order"] is None
     config = json.loads((out / "config.json").read_text())
     assert config == json.loads(json.dumps(asdict(cfg)))
     assert TrainConfig(**config) == cfg

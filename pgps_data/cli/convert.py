@@ -13,11 +13,9 @@ import time
 
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
-from pgps_data.interrupts import (
-    Interrupted,
-    interrupts_as_exit,
-)
+from pgps_data.interrupts import Interrupted, interrupts_as_exit
 from pgps_data.raw.convert import INTERRUPTED, convert
+from pgps_data.store.chunking import CODECS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on the local scheduler (default: cores, max 8)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="a dask.distributed scheduler address (tcp://host:8786)")
-    p.add_argument("--codec", choices=["default", "none"], default="default",
+    p.add_argument("--codec", choices=CODECS, default="default",
                    help="chunk compression: default (chosen by benchmark) or none")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing store at OUT and start over")

@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file-ending", choices=FILE_ENDINGS, default=".nii.gz",
                    help="nnunet layout only; .nrrd/.mha are written with SimpleITK")
     p.add_argument("--ignore", action="store_true",
-                   help="add an 'ignore' label (3) on a few slabs away from the lesions")
+                   help="add an 'ignore' label on a few slabs away from the lesions "
+                        "(value 3; 4 with --regions)")
     p.add_argument("--regions", action="store_true",
-                   help="nnunet layout only: labels as regions (organ_and_lesion, lesion)")
+                   help="nnunet layout only: BraTS-like nested regions "
+                        "(whole ⊃ core ⊃ enhancing)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     from tqdm import tqdm

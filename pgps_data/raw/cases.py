@@ -69,7 +69,7 @@ def load_case(spec: DatasetSpec, case: CaseSpec) -> LoadedCase:
         if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
             raise PGPSInputError(f"{lab.path}: label holds non-integer values; labels must be integers")
         found = np.unique(raw).astype(np.int64)
-        allowed = set(spec.label_values)
+        allowed = set(spec.label_set.all_values)
         bad = [int(v) for v in found if int(v) not in allowed]
         if bad:
             raise PGPSInputError(
@@ -162,15 +162,15 @@ def convert_case(
             target_spacing=plan["target_spacing"],
             modalities=spec.modalities,
             stats=plan["intensity_stats"],
-            label_values=spec.label_values,
+            label_values=spec.label_set.all_values,
             use_mask_for_norm=plan["use_mask_for_norm"],
         )
         indices = annotated = None
         counts: dict[int, int] = {}
         if label is not None:
-            fg_values = [v for v in spec.label_values if v != 0 and v != spec.ignore_label]
+            labels = spec.label_set
             indices, annotated, counts = foreground_indices(
-                label, fg_values, case.case_id, spec.ignore_label
+                label, labels.foreground_values, case.case_id, labels.ignore_label
             )
         root = Path(spec.root)
         attrs = {

@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.interrupts import (
-    workers_stopped_on_interrupt,
-)
+from pgps_data.interrupts import workers_stopped_on_interrupt
 from pgps_data.raw.cases import convert_case, fingerprint_case
 from pgps_data.raw.layouts import DatasetSpec, discover
 from pgps_data.raw.parallel import run_per_case, worker_pool
@@ -39,18 +37,18 @@ from pgps_data.raw.preprocess import (
     target_spacing,
     use_mask_for_norm,
 )
-from pgps_data.store.chunking import layout_attrs
+from pgps_data.store.chunking import check_codec, layout_attrs
 from pgps_data.store.lock import store_lock
 from pgps_data.store.write import (
+    RESUME,
     case_is_complete,
     check_target,
+    create_root,
     ensure_case_groups,
-    existing_attrs,
     finish_store,
-    prepare_store,
 )
 
-INTERRUPTED = "interrupted; rerun the same command to continue (complete cases are kept)"
+INTERRUPTED = f"interrupted; {RESUME}"
 
 
 def convert(
@@ -73,8 +71,7 @@ def convert(
     # OUT absolute: dask.distributed workers resolve a relative path against their own
     # working folder, which is not where the client checked and locked the store.
     raw_dir, out = Path(raw_dir).resolve(), Path(out).absolute()
-    if codec not in ("default", "none"):
-        raise PGPSInputError(f"--codec {codec}: unknown codec; use 'default' or 'none'")
+    check_codec(codec)
     real_out = out.resolve()
     if real_out == raw_dir or real_out in raw_dir.parents:  # the raw data given twice
         raise PGPSInputError(
@@ -95,24 +92,26 @@ def convert(
     fingerprint = _inputs_fingerprint(spec, spacing, codec)
     check_target(out, fingerprint, overwrite=overwrite)  # before the lock file is made
     with store_lock(out):
-        check_target(out, fingerprint, overwrite=overwrite)  # again: now nobody else writes
-        return _convert_locked(spec, out, fingerprint, spacing=spacing, workers=workers,
-                               scheduler=scheduler, codec=codec, overwrite=overwrite,
+        # again: now nobody else writes, and its answer (continue or start) is final
+        previous = check_target(out, fingerprint, overwrite=overwrite)
+        return _convert_locked(spec, out, fingerprint, previous, spacing=spacing,
+                               workers=workers, scheduler=scheduler, codec=codec,
                                quiet=quiet, log=log)
 
 
-def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, *, spacing, workers: int,  # noqa: ANN001
-                    scheduler: str | None, codec: str, overwrite: bool, quiet: bool,
-                    log) -> dict[str, Any]:  # noqa: ANN001
-    """Both passes and the root's summary, with the store's lock held."""
+def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, previous: dict | None, *,
+                    spacing, workers: int, scheduler: str | None, codec: str,  # noqa: ANN001
+                    quiet: bool, log) -> dict[str, Any]:  # noqa: ANN001
+    """Both passes and the root's summary, with the store's lock held.
+
+    ``previous`` is the root to continue (:func:`~pgps_data.store.write.check_target`),
+    or None: a new root is written once the statistics pass found a usable case.
+    """
     errors: list[str] = list(spec.problems)
-    previous = existing_attrs(out)
     with workers_stopped_on_interrupt(worker_pool(workers, scheduler)) as pool:
         run = functools.partial(run_per_case, workers=workers, scheduler=scheduler,
                                 quiet=quiet, pool=pool)
-        if previous is not None and not overwrite and (
-            previous.get("inputs_fingerprint") == fingerprint
-        ):
+        if previous is not None:
             plan = previous["plan"]
             kept = set(previous["training_cases"])
             good_training = [c for c in spec.training if c.case_id in kept]
@@ -121,13 +120,14 @@ def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, *, spacing, 
             log(f"Continuing {out}: statistics from the first run are reused")
         else:
             good_training, plan, stat_errors = _statistics(spec, spacing, codec, run)
-            if not good_training:
-                _refuse_no_training_case(spec, stat_errors, log)
-            attrs = _store_attrs(spec, plan, fingerprint, [c.case_id for c in good_training])
-            prepare_store(out, {**attrs, "excluded_cases": stat_errors}, overwrite=overwrite)
         errors += stat_errors
         for line in stat_errors:
             log(f"error: {line}")
+        if previous is None:
+            if not good_training:
+                raise _no_training_case(spec, stat_errors)
+            attrs = _store_attrs(spec, plan, fingerprint, [c.case_id for c in good_training])
+            create_root(out, {**attrs, "excluded_cases": stat_errors})
 
         cases = good_training + spec.test
         todo = [c for c in cases if not case_is_complete(out, c.case_id, c.is_test)]
@@ -156,14 +156,12 @@ def _convert_locked(spec: DatasetSpec, out: Path, fingerprint: str, *, spacing, 
     }
 
 
-def _refuse_no_training_case(spec: DatasetSpec, stat_errors: list[str], log) -> None:  # noqa: ANN001
-    """Every training case was refused: each one's reason, then one summary line."""
-    for line in stat_errors:
-        log(f"error: {line}")
+def _no_training_case(spec: DatasetSpec, stat_errors: list[str]) -> PGPSInputError:
+    """Every training case was refused (each one's reason is logged): one summary line."""
     refused = len(stat_errors) + len(spec.problems)  # discover's lines were logged first
     if not refused:
-        raise PGPSInputError(f"{spec.root}: no training case found; nothing was written")
-    raise PGPSInputError(
+        return PGPSInputError(f"{spec.root}: no training case found; nothing was written")
+    return PGPSInputError(
         f"{spec.root}: no usable training case: {refused} case(s) refused, one line each "
         "above; fix them and rerun; nothing was written"
     )
@@ -245,10 +243,7 @@ def _store_attrs(spec: DatasetSpec, plan, fingerprint: str, training: list[str])
         "dataset_name": spec.name,
         "source_root": str(spec.root),
         "source_layout": spec.layout,
-        "labels": spec.labels,
-        "label_values": [v for v in spec.label_values if v != 0 and v != spec.ignore_label],
-        "ignore_label": spec.ignore_label,
-        "regions_class_order": getattr(spec, "regions_class_order", None),
+        **spec.label_set.to_dict(),  # labels, label_values, ignore_label, regions_class_order
         "channel_names": spec.channel_names,
         "modalities": spec.modalities,
         "target_spacing": plan["target_spacing"],

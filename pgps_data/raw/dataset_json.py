@@ -2,15 +2,16 @@
 
 :mod:`json` silently keeps the last of two equal keys, so ``{"1": "liver", "1": "tumour"}``
 would lose a label without a word. :func:`read_dataset_json` keeps every object's repeated
-keys (:func:`duplicates`), and the label parsers refuse, in one line naming the value and
-both names, a label declared twice: nnU-Net itself would be confused by two names for one
-value. Region labels (lists of values) may overlap, that is their point; plain integer
-labels must be unique.
+keys (:func:`duplicates`), and the label readers (:func:`msd_labels`,
+:func:`nnunet_labels`, used by :meth:`pgps_data.labels.Labels.from_dataset_json`) refuse,
+in one line naming the value and both names, a label declared twice: nnU-Net itself would
+be confused by two names for one value. The channel list is read here too.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ class _JSONObject(dict):
         return obj
 
 
-def read_dataset_json(meta_path: Path) -> dict[str, Any]:
-    """The JSON object in ``meta_path``; missing, invalid or not an object is one line."""
-    read_json(meta_path, "an MSD or nnU-Net raw dataset needs one")  # its one-line errors
+def read_dataset_json(meta_path: Path,
+                      hint: str = "an MSD or nnU-Net raw dataset needs one") -> dict[str, Any]:
+    """The JSON object in ``meta_path``; missing, invalid or not an object is one line
+    (``hint`` says, for a missing file, what it should have been)."""
+    read_json(meta_path, hint)  # its one-line errors
     meta = json.loads(meta_path.read_text(encoding="utf-8"),
                       object_pairs_hook=_JSONObject.from_pairs)
     if not isinstance(meta, dict):
@@ -46,52 +49,6 @@ def read_dataset_json(meta_path: Path) -> dict[str, Any]:
 def duplicates(obj: Any) -> list[tuple[str, Any, Any]]:
     """Keys given twice in the JSON object ``obj``: (key, first value, later value)."""
     return getattr(obj, "duplicates", [])
-
-
-def msd_labels(raw: Any, meta_path: Path) -> dict[str, int | list[int]]:
-    """MSD ``labels`` {"0": "background", "1": "spleen"} as {name: value}."""
-    if not isinstance(raw, dict) or not raw:
-        raise PGPSInputError(f"{meta_path}: 'labels' must map values to names")
-    for key, first, later in duplicates(raw):
-        raise PGPSInputError(
-            f"{meta_path}: label value {key} is declared twice ({first!r} and {later!r}); "
-            "give each label its own value"
-        )
-    labels: dict[str, int | list[int]] = {}
-    for value, name in raw.items():
-        try:
-            number = int(value)
-        except ValueError as exc:
-            raise PGPSInputError(f"{meta_path}: label value {value!r} is not an integer") from exc
-        if str(name) in labels:
-            raise PGPSInputError(
-                f"{meta_path}: label name {name!r} is given to values {labels[str(name)]} and "
-                f"{number}; give each value its own name"
-            )
-        labels[str(name)] = number
-    _unique_values(labels, meta_path)
-    return labels
-
-
-def nnunet_labels(raw: Any, meta_path: Path) -> dict[str, int | list[int]]:
-    """nnU-Net v2 ``labels`` {name: value or [values] (a region)}, checked."""
-    if not isinstance(raw, dict) or not raw:
-        raise PGPSInputError(f"{meta_path}: 'labels' must map names to values")
-    for name, first, later in duplicates(raw):
-        raise PGPSInputError(
-            f"{meta_path}: label {name!r} is declared twice ({first!r} and {later!r}); "
-            "give each label one entry"
-        )
-    labels: dict[str, int | list[int]] = {}
-    for name, value in raw.items():
-        values = value if isinstance(value, list | tuple) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise PGPSInputError(
-                f"{meta_path}: label {name!r} must be an integer or a list of them"
-            )
-        labels[str(name)] = list(values) if isinstance(value, list | tuple) else int(value)
-    _unique_values(labels, meta_path)
-    return labels
 
 
 def channel_list(raw: Any, meta_path: Path, key: str) -> list[str]:
@@ -107,15 +64,33 @@ def channel_list(raw: Any, meta_path: Path, key: str) -> list[str]:
     return [v for _, v in items]
 
 
-def _unique_values(labels: dict[str, int | list[int]], meta_path: Path) -> None:
-    """Refuse two label names with one plain integer value (region lists may overlap)."""
-    seen: dict[int, str] = {}
-    for name, value in labels.items():
-        if isinstance(value, list):
-            continue
-        if value in seen:
-            raise PGPSInputError(
-                f"{meta_path}: label value {value} is declared twice ({seen[value]!r} and "
-                f"{name!r}); give each label its own value (overlapping labels are region lists)"
-            )
-        seen[value] = name
+def msd_labels(raw: Any, where: str | Path) -> dict[str, int]:
+    """MSD ``labels`` {"0": "background", "1": "spleen"} as {name: value}; a value or name
+    given twice is refused (the values are checked by :class:`~pgps_data.labels.Labels`)."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise PGPSInputError(f"{where}: 'labels' must map values to names")
+    for key, first, later in duplicates(raw):
+        raise PGPSInputError(f"{where}: label value {key} is declared twice ({first!r} and "
+                             f"{later!r}); give each label its own value")
+    labels: dict[str, int] = {}
+    for value, name in raw.items():
+        try:
+            number = int(value)
+        except ValueError:
+            raise PGPSInputError(f"{where}: MSD label key {value!r} is not an integer "
+                                 "(MSD labels map values to names)") from None
+        if str(name) in labels:
+            raise PGPSInputError(f"{where}: label name {name!r} is given to values "
+                                 f"{labels[str(name)]} and {number}; give each value its own name")
+        labels[str(name)] = number
+    return labels
+
+
+def nnunet_labels(raw: Any, where: str | Path) -> Mapping[str, Any]:
+    """nnU-Net v2 ``labels`` {name: value or [values]}; a name given twice is refused."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise PGPSInputError(f"{where}: 'labels' must map names to values")
+    for name, first, later in duplicates(raw):
+        raise PGPSInputError(f"{where}: label {name!r} is declared twice ({first!r} and "
+                             f"{later!r}); give each label one entry")
+    return raw

@@ -5,8 +5,9 @@ Two rules keep a conversion from touching anything it did not write:
 * :func:`check_case_id` — a case id becomes a folder name in the store
   (``cases/<id>``), so it must be one plain path component: ``[A-Za-z0-9._-]+``, never
   ``.`` or ``..``, no name zarr reserves. Ids come from dataset.json keys and from file
-  names, so every id is checked before any path is built from it. The function imports
-  nothing but :mod:`re`, so the store writer can reuse it as its own guard.
+  names, so every id is checked before any path is built from it. The rule lives in
+  :mod:`pgps_data.store.case_ids` (the store writer checks it again before it creates or
+  deletes a folder); this module re-exports it under the name the dataset readers use.
 * :func:`resolve_entry` — a file entry of dataset.json (or a name found in imagesTr) is
   refused when its text is absolute or contains ``..``. Symlinks found inside the dataset
   folder are followed wherever they point (nnU-Net raw datasets are commonly built from

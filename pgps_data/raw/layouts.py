@@ -12,8 +12,9 @@ followed wherever they point, and counted (``DatasetSpec.symlinked_cases``). Eve
 must be a safe folder name (:func:`check_case_id`) before any path is built from it. Case
 ids must be unique: ids that repeat are refused together (every entry named), and an id
 used by both a training and a test case keeps the training case (the labelled one) and
-refuses the test case. A label value (or MSD label name) declared twice refuses
-dataset.json. macOS ``._*`` resource-fork files (shipped in the MSD tarballs) are ignored.
+refuses the test case. The labels are read once, into :class:`~pgps_data.labels.Labels`
+(``DatasetSpec.label_set``), with its checks: a label value (or MSD label name) declared
+twice, or regions without a fitting ``regions_class_order``, refuse dataset.json. macOS ``._*`` resource-fork files (shipped in the MSD tarballs) are ignored.
 """
 
 from __future__ import annotations
@@ -26,13 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.raw.dataset_json import (
-    channel_list,
-    duplicates,
-    msd_labels,
-    nnunet_labels,
-    read_dataset_json,
-)
+from pgps_data.labels import Labels
+from pgps_data.raw.dataset_json import channel_list, duplicates, read_dataset_json
 from pgps_data.raw.entries import (
     check_case_id,
     dangling_folder,
@@ -64,22 +60,38 @@ class CaseSpec:
 
 @dataclass
 class DatasetSpec:
-    """What a raw dataset holds. All fields are JSON-friendly (lists, dicts, str, int)."""
+    """What a raw dataset holds: its channels, its labels, its cases."""
 
     layout: str  # "msd" or "nnunet"
     name: str
     root: str
     channel_names: list[str]
     modalities: list[str]  # "CT" decides CT normalisation; other names z-score
-    labels: dict[str, int | list[int]]
-    label_values: list[int]  # every integer a label file may hold, incl. 0 and ignore
-    ignore_label: int | None
-    regions_class_order: list[int] | None
+    label_set: Labels  # every label rule (values, regions, ignore, order)
     training: list[CaseSpec] = field(default_factory=list)
     test: list[CaseSpec] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # cases left out, one line each
     warnings: list[str] = field(default_factory=list)  # noted, nothing left out
     symlinked_cases: int = 0  # cases with a file (or folder) that is a symlink; in warnings
+
+    # Views of label_set in the forms raw/convert.py reads (labels as declared, every value
+    # a label file may hold): nothing is derived here.
+    @property
+    def labels(self) -> dict[str, int | list[int]]:
+        return self.label_set.declared
+
+    @property
+    def label_values(self) -> list[int]:
+        """Every integer a label file may hold, incl. 0 and the ignore label."""
+        return self.label_set.all_values
+
+    @property
+    def ignore_label(self) -> int | None:
+        return self.label_set.ignore_label
+
+    @property
+    def regions_class_order(self) -> list[int] | None:
+        return self.label_set.regions_class_order
 
 
 def discover(raw_dir: str | Path) -> DatasetSpec:
@@ -117,8 +129,8 @@ def discover(raw_dir: str | Path) -> DatasetSpec:
 
 def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
     channel_names = channel_list(meta["modality"], meta_path, "modality")
-    labels = msd_labels(meta.get("labels"), meta_path)
-    spec = _spec("msd", root, meta, channel_names, labels, meta_path)
+    labels = Labels.from_dataset_json(meta, meta_path, form="msd")
+    spec = _spec("msd", root, meta, channel_names, labels)
     training = meta.get("training") or []
     if not isinstance(training, list):
         raise PGPSInputError(f"{meta_path}: 'training' must be a list")
@@ -159,11 +171,12 @@ def _msd(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
 
 def _nnunet(root: Path, meta: dict[str, Any], meta_path: Path) -> DatasetSpec:
     channel_names = channel_list(meta["channel_names"], meta_path, "channel_names")
-    labels = nnunet_labels(meta.get("labels"), meta_path)
+    labels = Labels.from_dataset_json(meta, meta_path, form="nnunet")
+    labels.require_order(meta_path)  # the store trains and exports: regions need their order
     ending = meta["file_ending"]
     if not isinstance(ending, str) or not ending.startswith("."):
         raise PGPSInputError(f"{meta_path}: 'file_ending' must look like '.nii.gz'")
-    spec = _spec("nnunet", root, meta, channel_names, labels, meta_path)
+    spec = _spec("nnunet", root, meta, channel_names, labels)
     n_ch = len(channel_names)
     if isinstance(meta.get("dataset"), dict):  # explicit paths, relative to the root
         twice = {key for key, _, _ in duplicates(meta["dataset"])}
@@ -266,31 +279,15 @@ def _spec(
     root: Path,
     meta: dict[str, Any],
     channel_names: list[str],
-    labels: dict[str, int | list[int]],
-    meta_path: Path,
+    labels: Labels,
 ) -> DatasetSpec:
-    ignore = labels.get("ignore")
-    if isinstance(ignore, list):
-        raise PGPSInputError(f"{meta_path}: the 'ignore' label must be a single integer")
-    values = sorted(
-        {v for val in labels.values() for v in (val if isinstance(val, list) else [val])} | {0}
-    )
-    if values[0] < 0 or values[-1] > 255:
-        raise PGPSInputError(f"{meta_path}: label values must lie in 0..255, found {values}")
-    order = meta.get("regions_class_order")
-    has_regions = any(isinstance(v, list) for v in labels.values())
-    if has_regions and not isinstance(order, list):
-        raise PGPSInputError(f"{meta_path}: region labels need 'regions_class_order'")
     return DatasetSpec(
         layout=layout,
         name=str(meta.get("name") or root.resolve().name),
         root=str(root.resolve()),
         channel_names=channel_names,
         modalities=[NORMALISATION_NAMES.get(n.casefold(), n) for n in channel_names],
-        labels=labels,
-        label_values=values,
-        ignore_label=None if ignore is None else int(ignore),
-        regions_class_order=[int(v) for v in order] if isinstance(order, list) else None,
+        label_set=labels,
     )
 
 

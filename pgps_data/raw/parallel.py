@@ -86,9 +86,11 @@ def run_per_case(
                                  pool=pool, chunksize=1)
                 )
         except BrokenProcessPool:
+            from pgps_data.store.write import RESUME  # not at the top: workers import this module
+
             raise PGPSInputError(
-                f"{description}: a worker process died abruptly (out of memory?); rerun the "
-                "same command to continue (complete cases are kept), with fewer --workers"
+                f"{description}: a worker process died abruptly (out of memory?); {RESUME}, "
+                "with fewer --workers"
             ) from None
 
 

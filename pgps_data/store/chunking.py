@@ -37,7 +37,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from pgps_data.errors import PGPSInputError
 
-__all__ = ["CODECS", "LAYOUTS", "Layout", "layout_attrs", "write_array"]
+__all__ = ["CODECS", "LAYOUTS", "Layout", "check_codec", "layout_attrs", "write_array"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Layout:
         raise ValueError(f"unknown compressor {self.compressor!r}")
 
 
-#: The named layouts a store can be written with (``--codec`` on the convert CLI).
+#: The named layouts a store can be written with; their names are ``--codec``'s choices.
 LAYOUTS: dict[str, Layout] = {
     "default": Layout(),
     "none": Layout(compressor="none"),
@@ -153,10 +153,15 @@ def layout_attrs(codec: str = "default", layout: Layout | None = None) -> dict:
     }
 
 
-def _layout(codec: str) -> Layout:
+def check_codec(codec: str) -> str:
+    """``codec`` if it names one of :data:`LAYOUTS`; else one line naming the choices."""
     if codec not in LAYOUTS:
         raise PGPSInputError(f"unknown codec {codec!r} (use one of: {', '.join(CODECS)})")
-    return LAYOUTS[codec]
+    return codec
+
+
+def _layout(codec: str) -> Layout:
+    return LAYOUTS[check_codec(codec)]
 
 
 def _chunking(shape: tuple[int, ...], lay: Layout) -> tuple[tuple, tuple | None]:

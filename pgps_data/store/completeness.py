@@ -1,9 +1,10 @@
 """Which cases of a store are complete: listed through the file system, arrays checked.
 
-A case is complete when its ``complete`` attribute (written last by
-:mod:`pgps_data.store.write`) is True *and* every array it must hold exists (image; label
-for a training case; each name in ``index_arrays``). A case marked complete with an array
-gone (deleted by hand, a half-restored backup) is reported apart, so that
+The ``complete`` flag is the one attribute the writer (:mod:`pgps_data.store.write`) sets
+last, on each case and on the store root; :func:`is_complete` is the only reader of it.
+A case is complete when its flag is set *and* every array it must hold exists (image;
+label for a training case; each name in ``index_arrays``). A case marked complete with an
+array gone (deleted by hand, a half-restored backup) is reported apart, so that
 :class:`pgps_data.store.store.Store` neither lists it nor raises ``KeyError`` on it.
 """
 
@@ -11,11 +12,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import zarr
 
-__all__ = ["missing_arrays", "scan_cases"]
+__all__ = ["COMPLETE", "is_complete", "missing_arrays", "scan_cases"]
+
+COMPLETE = "complete"  # the attribute written last, on a case and on the store root
+
+
+def is_complete(attrs: Mapping[str, Any]) -> bool:
+    """Whether ``attrs`` (a case's or the root's) carry the ``complete`` flag.
+
+    Only JSON ``true`` counts: the writer never writes anything else, so a ``1`` or
+    ``"true"`` is an edit by hand and the case (or store) is treated as unfinished.
+    """
+    return attrs.get(COMPLETE) is True
 
 
 def scan_cases(
@@ -24,9 +38,9 @@ def scan_cases(
     """The complete cases of ``group`` ({id: attrs}) and those marked complete with an
     array missing ({id: (group, "its array 'label' is missing")}).
 
-    Complete = ``complete`` attribute True and every array present (image; label for
-    training cases; each of ``index_arrays``). Local stores are listed through the file
-    system (one small JSON read and a few stats per case); anything unreadable counts as
+    Complete = :func:`is_complete` and every array present (image; label for training
+    cases; each of ``index_arrays``). Local stores are listed through the file system
+    (one small JSON read and a few stats per case); anything unreadable counts as
     incomplete, never as an error.
     """
     done: dict[str, dict] = {}
@@ -34,12 +48,8 @@ def scan_cases(
     folder = path / group
     if folder.is_dir():
         for name in os.listdir(folder):
-            try:
-                with open(folder / name / "zarr.json", "rb") as fh:
-                    attrs = json.load(fh).get("attributes", {})
-            except (OSError, ValueError, AttributeError):
-                continue
-            if attrs.get("complete") is True:
+            attrs = _case_attrs(folder / name)
+            if attrs is not None and is_complete(attrs):
                 gone = _gone(folder / name, attrs, labelled)
                 _sort(name, attrs, gone, group, done, broken)
         return done, broken
@@ -49,7 +59,7 @@ def scan_cases(
         return done, broken
     for name, child in sub.groups():
         attrs = dict(child.attrs)
-        if attrs.get("complete") is True:
+        if is_complete(attrs):
             present = set(child.array_keys())
             gone = [a for a in _arrays(attrs, labelled) if a not in present]
             _sort(name, attrs, gone, group, done, broken)
@@ -59,12 +69,20 @@ def scan_cases(
 def missing_arrays(case_dir: Path, labelled: bool) -> list[str] | None:
     """The arrays a case folder marked complete lacks ([] = whole), or None if the case
     is not marked complete. For a writer deciding whether a rerun may skip the case."""
+    attrs = _case_attrs(Path(case_dir))
+    if attrs is None or not is_complete(attrs):
+        return None
+    return _gone(Path(case_dir), attrs, labelled)
+
+
+def _case_attrs(case_dir: Path) -> dict | None:
+    """A case folder's attributes from its ``zarr.json``; None if it cannot be read."""
     try:
-        with open(Path(case_dir) / "zarr.json", "rb") as fh:
+        with open(case_dir / "zarr.json", "rb") as fh:
             attrs = json.load(fh).get("attributes", {})
     except (OSError, ValueError, AttributeError):
         return None
-    return _gone(Path(case_dir), attrs, labelled) if attrs.get("complete") is True else None
+    return attrs if isinstance(attrs, dict) else None
 
 
 def _gone(case_dir: Path, attrs: dict, labelled: bool) -> list[str]:

@@ -1,13 +1,16 @@
 """Fast, synchronous crop reads from zarr v3 arrays on a local disk.
 
 zarr-python spends most of a small crop's time in its own machinery (event loop, one
-coroutine per chunk, the shard index re-read per request; notes/zarr_reads.md). The
-training loader reads thousands of small boxes per second, so this module reads the very
-same files itself: it parses ``zarr.json``, caches each shard's index once, reads the
-inner chunks from a cached read-only map of the shard file and decodes them with numcodecs
-(single-threaded) into a scratch chunk; uncompressed chunks are sliced straight out of the
-map without any decode. The store stays plain zarr v3; zarr-python remains the
-reference and the fallback (:func:`read_box_zarr`) for anything this reader does not know
+coroutine per chunk, the shard index re-read per request): measured on 2 cores with zarr
+3.1.6, about 78 % of its time per crop, 0.15-0.3 ms per chunk touched, so its crops ran at
+1-18 % of the speed of copying them out of a memory-mapped ``.npy``, and this reader's at
+12-34 % (``tools/bench_read.py`` measures both). The training loader reads thousands of
+small boxes per second, so this module reads the very same files itself: it parses
+``zarr.json``, caches each shard's index once, reads the inner chunks from a cached
+read-only map of the shard file and decodes them with numcodecs (single-threaded) into a
+scratch chunk; uncompressed chunks are sliced straight out of the map without any decode.
+The store stays plain zarr v3; zarr-python remains the reference and the fallback
+(:func:`read_box_zarr`) for anything this reader does not know
 (:meth:`FastArray.open` then returns ``None``).
 
 Checksums: where zarr wrote a ``crc32c`` codec (every array of a pgps store), the reader

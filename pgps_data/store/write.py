@@ -7,12 +7,16 @@ mid-write is simply not listed, and a rerun deletes and rewrites only such cases
 
 Safety (the caller holds the store's lock, :mod:`pgps_data.store.lock`):
 
+- :func:`check_target` decides, writing nothing, whether an output path is refused,
+  continued (same inputs) or gets a new root (:func:`create_root`); the converter asks it
+  before taking the lock and again under it, and nowhere else.
 - The root's ``zarr.json`` is written in one atomic step with all its attributes (temp
   file + ``os.replace``), so an interrupted first write leaves either nothing or a root
   that a rerun continues, never a group without our attributes.
 - Nothing is deleted except through :func:`safe_remove`: a case folder directly inside
   ``cases/`` or ``test/``, or one of pgps's own entries of a root it is overwriting.
-  Case ids are checked (:func:`check_case_id`) before any path is built from them.
+  Case ids are checked (:func:`pgps_data.store.case_ids.check_case_id`) before any path
+  is built from them.
 - The store records an identity: a ``creation_id`` made when its root is created, and
   each case's ``checksum`` of its arrays as written (:func:`content_checksum`).
 - A full disk (or any other write failure) is one line naming the store, and leaves it
@@ -37,15 +41,18 @@ from pgps_data.errors import PGPSInputError
 from pgps_data.store.atomic_write import write_atomic
 from pgps_data.store.case_ids import check_case_id as case_id_problem
 from pgps_data.store.chunking import LAYOUTS, write_array
-from pgps_data.store.completeness import missing_arrays
+from pgps_data.store.completeness import COMPLETE, missing_arrays
 from pgps_data.store.lock import LOCK_NAME
 from pgps_data.store.store import FORMAT_VERSION, TEST_GROUP, TRAIN_GROUP
 
 __all__ = [
-    "case_is_complete", "check_case_id", "check_target", "content_checksum", "ensure_case_groups",
-    "existing_attrs", "finish_store", "prepare_store", "root_state", "safe_remove",
+    "RESUME", "case_is_complete", "check_target", "content_checksum",
+    "create_root", "ensure_case_groups", "finish_store", "root_state", "safe_remove",
     "write_case",
 ]
+
+#: How every message about a stopped conversion ends (Ctrl-C, a full disk, a dead worker).
+RESUME = "rerun the same command to continue (complete cases are kept)"
 
 _PARTIAL = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr's and our temp zarr.json
 _OWN_ROOT_ENTRIES = ("zarr.json", TRAIN_GROUP, TEST_GROUP)
@@ -67,7 +74,7 @@ def root_state(path: Path) -> str:
     if not names:
         return "empty"
     doc = _read_json(path / "zarr.json")
-    if doc is not None and doc.get("attributes", {}).get("format") == "pgps":
+    if _pgps_attrs(doc) is not None:
         return "store"
     if names - set(_OWN_ROOT_ENTRIES) or not _is_empty_group(path, doc, root=True):
         return "foreign"
@@ -77,40 +84,15 @@ def root_state(path: Path) -> str:
     return "bare"
 
 
-def prepare_store(path: Path, attrs: dict[str, Any], *, overwrite: bool) -> bool:
-    """Create the root group, or check that an existing store came from the same inputs.
-
-    Returns True when an existing store is continued (complete cases will be skipped).
-    A store made from different inputs is refused unless ``overwrite``, and so is a bare
-    root; a folder that is not pgps's is never deleted, ``overwrite`` or not.
-    """
-    state = check_target(path, attrs["inputs_fingerprint"], overwrite=overwrite)
-    if state == "store" and not overwrite:
-        ensure_case_groups(path)
-        return True
-    # The old root's zarr.json is replaced, never deleted: a crash while clearing leaves
-    # the old (partly emptied) store, which a rerun continues or overwrites again.
-    for entry in sorted(path.iterdir()) if path.is_dir() else []:
-        if entry.name in (TRAIN_GROUP, TEST_GROUP) or _PARTIAL.fullmatch(entry.name):
-            safe_remove(entry, path)
-    root = {
-        **attrs,
-        "format": "pgps",
-        "format_version": FORMAT_VERSION,
-        "creation_id": uuid.uuid4().hex,
-        "complete": False,
-    }
-    _write_group(path, root, what="the store root")
-    ensure_case_groups(path)
-    return False
-
-
-def check_target(path: Path, fingerprint: str, *, overwrite: bool) -> str:
-    """Refuse an output path that is not ours to write; returns its :func:`root_state`.
+def check_target(path: Path, fingerprint: str, *, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse an output path that is not ours to write; returns the attributes of the
+    store to continue, or None when a new root is to be written (:func:`create_root`).
 
     Refused: anything that is not pgps's ("foreign", ``overwrite`` or not: a folder pgps
     did not write is never deleted), a bare root without ``overwrite``, and a store made
-    from other inputs (``fingerprint``) without ``overwrite``.
+    from other inputs (``fingerprint``) without ``overwrite``. Continued: a store made
+    from the same inputs, without ``overwrite`` (its complete cases will be skipped).
+    Writes nothing, so it may run before the lock is taken, and again under it.
     """
     state = root_state(path)
     if state == "foreign":
@@ -120,15 +102,36 @@ def check_target(path: Path, fingerprint: str, *, overwrite: bool) -> str:
             f"{path}: holds an unfinished store root (an earlier conversion stopped before "
             "writing its attributes); rerun with --overwrite to clear it"
         )
-    previous = existing_attrs(path) if state == "store" else None
-    if previous is not None and not overwrite and (
-        previous.get("inputs_fingerprint") != fingerprint
-    ):
+    previous = _existing_attrs(path) if state == "store" and not overwrite else None
+    if previous is not None and previous.get("inputs_fingerprint") != fingerprint:
         raise PGPSInputError(
             f"{path}: was converted from different inputs or options; rerun with "
             "--overwrite to start over, or choose another output path"
         )
-    return state
+    return previous
+
+
+def create_root(path: Path, attrs: dict[str, Any]) -> None:
+    """Write a new store root at ``path`` with ``attrs``, clearing pgps's own old root.
+
+    For a target :func:`check_target` returned None for, with the store's lock held.
+    The old root's ``zarr.json`` is replaced, never deleted: a crash while clearing leaves
+    the old (partly emptied) store, which a rerun continues or overwrites again. Only
+    pgps's own entries go, through :func:`safe_remove` (the lock file and anything a user
+    put beside them stay).
+    """
+    for entry in sorted(path.iterdir()) if path.is_dir() else []:
+        if entry.name in (TRAIN_GROUP, TEST_GROUP) or _PARTIAL.fullmatch(entry.name):
+            safe_remove(entry, path)
+    root = {
+        **attrs,
+        "format": "pgps",
+        "format_version": FORMAT_VERSION,
+        "creation_id": uuid.uuid4().hex,
+        COMPLETE: False,
+    }
+    _write_group(path, root, what="the store root")
+    ensure_case_groups(path)
 
 
 def ensure_case_groups(path: Path) -> None:
@@ -138,11 +141,15 @@ def ensure_case_groups(path: Path) -> None:
             _write_group(path / sub, {}, what="the store root", store=path)
 
 
-def existing_attrs(path: Path) -> dict[str, Any] | None:
+def _existing_attrs(path: Path) -> dict[str, Any] | None:
     """The root attributes of the store at ``path``, or None if there is none."""
-    doc = _read_json(path / "zarr.json")
+    return _pgps_attrs(_read_json(path / "zarr.json"))
+
+
+def _pgps_attrs(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The attributes of a root ``zarr.json`` document if pgps wrote it, else None."""
     attrs = {} if doc is None else doc.get("attributes", {})
-    return attrs if attrs.get("format") == "pgps" else None
+    return attrs if isinstance(attrs, dict) and attrs.get("format") == "pgps" else None
 
 
 def finish_store(path: Path, summary: dict[str, Any]) -> None:
@@ -150,14 +157,14 @@ def finish_store(path: Path, summary: dict[str, Any]) -> None:
     doc = _read_json(path / "zarr.json")
     if doc is None:
         raise PGPSInputError(f"{path}: the store root vanished during the conversion; rerun")
-    doc["attributes"] = {**doc.get("attributes", {}), **summary, "complete": True}
+    doc["attributes"] = {**doc.get("attributes", {}), **summary, COMPLETE: True}
     _write_json_atomic(path / "zarr.json", doc, store=path, what="the store root")
 
 
 # ------------------------------------------------------------------------------ the cases
 
 
-def check_case_id(case_id: str) -> str:
+def _check_case_id(case_id: str) -> str:
     """``case_id`` if it is a safe folder name (:func:`pgps_data.store.case_ids.check_case_id`)."""
     problem = case_id_problem(case_id)
     if problem is not None:
@@ -192,7 +199,7 @@ def write_case(
     Raises PGPSInputError for an unsafe case id (nothing is touched) and, one line naming
     the store, when the disk is full (the half-written case is removed again).
     """
-    check_case_id(case_id)
+    _check_case_id(case_id)
     is_test = label is None
     folder = path / (TEST_GROUP if is_test else TRAIN_GROUP) / case_id
     if folder.exists() or folder.is_symlink():  # an earlier, interrupted attempt
@@ -219,7 +226,7 @@ def write_case(
             "is_test": is_test,
             "checksum": content_checksum(arrays),
         })
-        group.attrs["complete"] = True
+        group.attrs[COMPLETE] = True
     except OSError as exc:
         if folder.exists():
             try:
@@ -318,8 +325,7 @@ def _write_json_atomic(path: Path, doc: dict[str, Any], *, store: Path, what: st
 def _write_error(store: Path, exc: OSError, what: str) -> PGPSInputError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return PGPSInputError(
-            f"{store}: disk full while writing {what}; free some space and rerun the same "
-            "command to continue (complete cases are kept)"
+            f"{store}: disk full while writing {what}; free some space and {RESUME}"
         )
     return PGPSInputError(
         f"{store}: cannot write {what} ({exc.strerror or exc}); fix the problem and rerun "

@@ -7,6 +7,12 @@ and a few small bright lesions inside it (label 2, at most 0.1 % of the voxels: 
 learnable). An optional second channel is MR-like (zero background, other contrasts, a bias
 field and a per-case scale/offset, so per-case z-scoring matters).
 
+With ``regions`` (nnU-Net layout) the labels are BraTS-like nested regions, as nnU-Net's
+BraTS datasets declare them: values 1 organ, 2 a core shell around each lesion, 3 the
+lesions, and the regions ``whole`` [1, 2, 3] ⊃ ``core`` [2, 3] ⊃ ``enhancing`` [3] with
+``regions_class_order`` [1, 2, 3]; the ignore label is then 4 (nnU-Net wants it above
+every other value). Without regions the ignore label is 3.
+
 Every case has its own anisotropic spacing and a non-identity affine (a few degrees of
 oblique rotation, the usual LPS-style flips, a non-zero origin), so conversion really
 resamples. Same arguments and seed give byte-identical files (gzip mtime is fixed at 0).
@@ -26,6 +32,7 @@ import numpy as np
 from pgps_data.errors import PGPSInputError
 from pgps_data.synthetic.phantom import (
     anatomy,
+    core_shell,
     ct_image,
     mark_ignore,
     mr_image,
@@ -35,6 +42,8 @@ from pgps_data.synthetic.phantom import (
 __all__ = ["SyntheticCase", "case_spacing", "synthetic_case", "write_synthetic_dataset"]
 
 NOMINAL_SPACING = (2.25, 0.75, 0.75)  # centre of the spacing ranges below, (Z, Y, X) mm
+REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+REGIONS_CLASS_ORDER = [1, 2, 3]  # whole paints 1, core 2, enhancing 3: the values back
 CHANNEL_NAMES = ("CT", "MR")
 FILE_ENDINGS = (".nii.gz", ".nrrd", ".mha")
 _MARKER = "pgps-synth"  # first word of dataset.json "description"; marks a rerunnable dir
@@ -67,24 +76,29 @@ def case_spacing(seed: int, number: int) -> tuple[float, float, float]:
 
 def synthetic_case(number: int = 0, *, size: Sequence[int] = (64, 128, 128), channels: int = 1,
                    organ_fraction: float = 0.03, lesions: int = 3, seed: int = 0,
-                   ignore: bool = False,
+                   ignore: bool = False, regions: bool = False,
                    median_spacing: Sequence[float] = NOMINAL_SPACING) -> SyntheticCase:
     """Generate case ``number`` in memory; ``size`` is its approximate shape at
-    ``median_spacing`` (the dataset writer passes the training cases' median)."""
+    ``median_spacing`` (the dataset writer passes the training cases' median). ``regions``
+    gives the BraTS-like values (1 organ, 2 core shell, 3 lesion, ignore 4)."""
     _check(size, channels, organ_fraction, lesions, seed)
     rng = np.random.default_rng([seed, number, 2])
     spacing = np.array(case_spacing(seed, number))
     extent = np.asarray(size) * np.asarray(median_spacing) * rng.uniform(0.87, 1.13, 3)
     shape = tuple(int(v) for v in np.maximum(8, np.rint(extent / spacing)))
     tissue, organ, lesion = anatomy(rng, shape, spacing, organ_fraction, lesions)
+    core = core_shell(organ, lesion, spacing) if regions else None
     label = np.zeros(shape, np.uint8)
     label[organ] = 1
-    label[lesion] = 2
-    if ignore:
-        mark_ignore(rng, label, lesion)
-    images = [ct_image(rng, tissue, organ, lesion, spacing)]
+    if core is not None:
+        label[core] = 2
+    label[lesion] = 3 if regions else 2
+    if ignore:  # the slabs keep clear of the lesions (and of their core shells)
+        mark_ignore(rng, label, lesion if core is None else lesion | core,
+                    value=4 if regions else 3)
+    images = [ct_image(rng, tissue, organ, lesion, spacing, core)]
     if channels == 2:
-        images.append(mr_image(rng, tissue, organ, lesion, spacing))
+        images.append(mr_image(rng, tissue, organ, lesion, spacing, core))
     return SyntheticCase(f"synth_{number:03d}", tuple(images), label,
                          tuple(float(s) for s in spacing), oblique_affine(rng, shape, spacing))
 
@@ -121,7 +135,7 @@ def write_synthetic_dataset(out_dir: str | Path, *, cases: int = 8, test_cases: 
     for number in train + test:
         case = synthetic_case(number, size=size, channels=channels, organ_fraction=organ_fraction,
                               lesions=lesions, seed=seed, ignore=ignore and number in train,
-                              median_spacing=median)
+                              regions=regions, median_spacing=median)
         cid, folder = case.case_id, out / ("imagesTr" if number in train else "imagesTs")
         if layout == "msd":  # one file; two channels as one 4D float32 NIfTI, channel last
             both = np.stack(case.images, -1).astype(np.float32)
@@ -192,15 +206,14 @@ def _dataset_json(layout: str, train: list[int], test: list[int], channels: int,
             "test": [f"./imagesTs/synth_{n:03d}.nii.gz" for n in test],
         }
     nn_labels: dict[str, int | list[int]] = (
-        {"background": 0, "organ_and_lesion": [1, 2], "lesion": 2} if regions
-        else {"background": 0, "organ": 1, "lesion": 2})
+        dict(REGION_LABELS) if regions else {"background": 0, "organ": 1, "lesion": 2})
     if ignore:
-        nn_labels["ignore"] = 3
+        nn_labels["ignore"] = 4 if regions else 3
     meta: dict = {"name": "PGPSSynthetic", "description": description,
                   "channel_names": names, "labels": nn_labels,
                   "numTraining": len(train), "file_ending": file_ending}
     if regions:
-        meta["regions_class_order"] = [1, 2]
+        meta["regions_class_order"] = list(REGIONS_CLASS_ORDER)
     return meta
 
 

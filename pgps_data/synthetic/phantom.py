@@ -2,7 +2,9 @@
 
 :mod:`pgps_data.synthetic.dataset` lays these out as MSD or nnU-Net datasets; this module draws a
 case: tissue classes (field of view, air, fat, soft tissue, bone), an organ, small lesions
-inside it, CT Hounsfield units and an MR-like channel, and an oblique affine.
+inside it, CT Hounsfield units and an MR-like channel, and an oblique affine. For the
+BraTS-like region dataset a core shell around each lesion (:func:`core_shell`) nests
+lesion ⊂ core ⊂ organ; it draws no random numbers, so the other datasets stay the same.
 """
 
 from __future__ import annotations
@@ -143,8 +145,30 @@ def _sphere(c: np.ndarray, radius: float, spacing: np.ndarray,
     return d2 <= radius ** 2, tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
-def mark_ignore(rng: np.random.Generator, label: np.ndarray, lesion: np.ndarray) -> None:
-    """Mark two axial slabs as unannotated (label 3), two or more slices away from lesions."""
+CORE_MM = 2.5  # the core shell: organ voxels within this distance of a lesion
+
+
+def core_shell(organ: np.ndarray, lesion: np.ndarray, spacing: np.ndarray,
+               mm: float = CORE_MM) -> np.ndarray:
+    """Organ voxels outside the lesions but within ``mm`` of one (deterministic)."""
+    shell = np.zeros(organ.shape, bool)
+    if not lesion.any():
+        return shell
+    pad = np.ceil(mm / spacing).astype(int) + 1
+    lo = [max(0, int(np.flatnonzero(lesion.any(axis=a))[0]) - p)
+          for a, p in zip(((1, 2), (0, 2), (0, 1)), pad)]
+    hi = [min(n, int(np.flatnonzero(lesion.any(axis=a))[-1]) + 1 + p)
+          for a, p, n in zip(((1, 2), (0, 2), (0, 1)), pad, organ.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))  # the distances only matter near lesions
+    dist = ndimage.distance_transform_edt(~lesion[box], sampling=spacing)
+    shell[box] = (dist <= mm) & organ[box] & ~lesion[box]
+    return shell
+
+
+def mark_ignore(rng: np.random.Generator, label: np.ndarray, lesion: np.ndarray,
+                value: int = 3) -> None:
+    """Mark two axial slabs as unannotated (label ``value``), two or more slices away from
+    ``lesion``."""
     nz = label.shape[0]
     t = max(1, nz // 20)
     near = np.zeros(nz + t, bool)
@@ -152,18 +176,22 @@ def mark_ignore(rng: np.random.Generator, label: np.ndarray, lesion: np.ndarray)
         near[max(0, z - t - 2): z + 3] = True
     starts = np.flatnonzero(~near[: nz - t + 1])
     for z in rng.choice(starts, size=min(2, starts.size), replace=False):
-        label[z: z + t] = 3
+        label[z: z + t] = value
 
 
 def ct_image(rng: np.random.Generator, tissue: np.ndarray, organ: np.ndarray, lesion: np.ndarray,
-        spacing: np.ndarray) -> np.ndarray:
+        spacing: np.ndarray, core: np.ndarray | None = None) -> np.ndarray:
     """Hounsfield units as int16: 0 outside the FOV, air -1000, fat -100, soft tissue 40,
-    bone ~500, organ ~115, lesions ~65 HU brighter than their organ; smooth texture + noise."""
+    bone ~500, organ ~115, lesions ~65 HU brighter than their organ (a ``core`` shell half
+    as much); smooth texture + noise."""
     hu = np.array([0, -1000, -100, 40, rng.uniform(400, 700)], np.float32)
     ct = hu[tissue]
     organ_hu = rng.uniform(100, 130)
     ct[organ] = organ_hu
-    ct[lesion] = organ_hu + rng.uniform(50, 80)
+    brighter = rng.uniform(50, 80)
+    ct[lesion] = organ_hu + brighter
+    if core is not None:
+        ct[core] = organ_hu + brighter / 2
     body = tissue >= 2
     noise = rng.standard_normal(ct.shape, dtype=np.float32)
     noise *= rng.uniform(8, 15)
@@ -174,13 +202,16 @@ def ct_image(rng: np.random.Generator, tissue: np.ndarray, organ: np.ndarray, le
 
 
 def mr_image(rng: np.random.Generator, tissue: np.ndarray, organ: np.ndarray, lesion: np.ndarray,
-        spacing: np.ndarray) -> np.ndarray:
-    """MR-like float32: zero outside the body, fat bright, organ dark, lesions bright,
-    a smooth bias field, Rician-like noise and a per-case scale and offset."""
+        spacing: np.ndarray, core: np.ndarray | None = None) -> np.ndarray:
+    """MR-like float32: zero outside the body, fat bright, organ dark, lesions bright (a
+    ``core`` shell in between), a smooth bias field, Rician-like noise and a per-case scale
+    and offset."""
     rel = np.array([0, 0, 1.8, 1.0, 0.25], np.float32)
     mr = rel[tissue]
     mr[organ] = 0.65
     mr[lesion] = 1.6
+    if core is not None:
+        mr[core] = 1.1
     body = tissue >= 2
     mr *= np.exp(0.15 * _smooth_noise(rng, mr.shape, spacing, 120.0))
     mr += 0.05 * rng.standard_normal(mr.shape, dtype=np.float32)

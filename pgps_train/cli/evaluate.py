@@ -16,6 +16,7 @@ from typing import Any
 
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
+from pgps_data.labels import Labels
 from pgps_data.store.atomic_write import write_atomic
 from pgps_train.evaluate import (
     PROG,
@@ -23,7 +24,6 @@ from pgps_train.evaluate import (
     MissingCasesError,
     evaluate_folder,
     json_ready,
-    load_labels,
     mismatch_line,
     print_table,
 )
@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         source = Path(args.labels) if args.labels else Path(args.pred_dir) / "labels.json"
         if not source.is_file():
             raise PGPSInputError(f"{source}: missing (give --labels dataset.json)")
-        labels, ignore = load_labels(source)
+        labels = Labels.from_json_file(source)
         out = Path(args.json) if args.json else Path(args.pred_dir) / "summary.json"
         _check_replaceable(out, args.overwrite)
-        results = evaluate_folder(args.pred_dir, args.label_dir, labels, ignore, args.file_ending,
-                                  allow_missing=args.allow_missing)
+        results = evaluate_folder(args.pred_dir, args.label_dir, labels,
+                                  file_ending=args.file_ending, allow_missing=args.allow_missing)
         _write_results(out, {"tool": TOOL, **json_ready(results)})
     except MissingCasesError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ from pgps_data.console import progress_console, protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.interrupts import Interrupted, interrupts_as_exit
 from pgps_data.raw.readers import file_ending, write_volume
+from pgps_train.devices import DEVICES, choose_device
 from pgps_train.predict_output import MANIFEST, OutputDir, check_locations, is_disk_full
 
 PROG = "pgps-predict"
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"replace files at the output names that pgps-predict did not write "
                    f"(default: refuse; its own, listed in OUT_DIR/{MANIFEST}, are replaced)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+    p.add_argument("--device", choices=DEVICES, default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,15 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from pgps_train import inference
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with ExitStack() as stack:
         try:
-            if device == "cuda" and not torch.cuda.is_available():
-                raise PGPSInputError("--device cuda: no CUDA device is available (use --device cpu)")
+            device = choose_device(args.device)
             if not 0 <= args.overlap < 1:
                 raise PGPSInputError(f"--overlap {args.overlap}: must lie in [0, 1)")
             check_locations(args.input_dir, args.out_dir)  # before anything is loaded or made
@@ -163,9 +160,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{PROG}: warning: {out.root}: this filesystem has no file locks; do not "
                       "run two pgps-predict into this folder at once", file=sys.stderr)
             out.check([LABELS_JSON, *(n for case in names.values() for n in case)])
-            out.write(LABELS_JSON, lambda tmp: _write_json(tmp, {
-                key: config.get(key) for key in ("labels", "ignore_label", "regions_class_order")
-            }))
+            labels = inference.model_labels(config)
+            out.write(LABELS_JSON, lambda tmp: _write_json(tmp, labels.to_dict()))
         except (PGPSInputError, OSError) as exc:
             print(f"{PROG}: error: {_line(exc)}", file=sys.stderr)
             return 2
@@ -224,12 +220,12 @@ def _predict_one(inference, model, config, case_id, paths, names, out, args, dev
                 np.savez_compressed(fh, probabilities=probs.astype(np.float16))
 
         out.write(names[1], write_npz, case_id=case_id)
-        regions = inference.has_regions(config["labels"])
+        labels = inference.model_labels(config)
         out.write(names[2], lambda tmp: _write_json(tmp, {
             "case_id": case_id,
-            "nonlinearity": "sigmoid" if regions else "softmax",
-            "channels": inference.output_values(config),  # label value (or region) per channel
-            "regions_class_order": config.get("regions_class_order") if regions else None,
+            "nonlinearity": labels.nonlinearity,
+            "channels": labels.output_channels,  # label value (or region) per channel
+            "regions_class_order": labels.regions_class_order if labels.has_regions else None,
             "shape": list(label.shape),
         }), case_id=case_id)
 

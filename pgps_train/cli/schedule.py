@@ -28,9 +28,9 @@ from typing import NoReturn
 from pgps_data.errors import PGPSInputError
 from pgps_data.schedule.curriculum import MODES, RULES, Curriculum
 from pgps_data.schedule.report import plot_schedule, print_table, stages_json
+from pgps_train.planning import NETWORKS  # torch-free: the names without the networks
 
 PROG = "pgps-schedule"
-NETWORK_NAMES = ("unet", "unetr", "swinunetr")  # pgps_train.networks.NETWORKS (checked by a test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     lattice = p.add_mutually_exclusive_group(required=True)
     lattice.add_argument("--pools", help="poolings per axis (step = 2**pools)", **zyx)
     lattice.add_argument("--steps", help="lattice step per axis", **zyx)
-    lattice.add_argument("--net", choices=NETWORK_NAMES, help="take the lattice from a net")
+    lattice.add_argument("--net", choices=NETWORKS, help="take the lattice from a net")
     p.add_argument("--spacing", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
                    help="with --net unet: store spacing in mm that sets the poolings "
                         "(default: 1 1 1)")

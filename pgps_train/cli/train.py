@@ -22,7 +22,10 @@ from typing import Any
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.loader.watchdog import LoaderWorkerError
+from pgps_data.schedule.curriculum import MODES, RULES
+from pgps_train.devices import DEVICES
 from pgps_train.interrupts import Interrupted
+from pgps_train.planning import NETWORKS
 
 # The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), 15
 # iterations each (240 for the demo's 16 stages), a 24×48×48-sized patch budget and a narrow
@@ -37,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgps-train", description=__doc__.split("\n\n")[0])
     p.add_argument("store", help="a store made by pgps-convert")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
-    p.add_argument("--mode", choices=["constant", "efficiency", "performance", "random"])
-    p.add_argument("--net", choices=["unet", "unetr", "swinunetr"])
-    p.add_argument("--rules", choices=["journal-2025", "miccai-2024"])
+    p.add_argument("--mode", choices=MODES)
+    p.add_argument("--net", choices=NETWORKS)
+    p.add_argument("--rules", choices=RULES)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--patch", nargs=3, type=int, metavar=("Z", "Y", "X"))
     g.add_argument("--patch-budget", type=int, metavar="V",
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--eval-every", type=int, metavar="K")
     p.add_argument("--save-every", type=int, metavar="K")
-    p.add_argument("--device", choices=["cuda", "cpu"])
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--fold", help="0-4 (nnU-Net's seeded 5-fold split) or 'all'")
     p.add_argument("--splits", metavar="splits_final.json")
     p.add_argument("--seed", type=int)
