@@ -5,14 +5,13 @@ request that the loop honours at the end of its current step: it writes the chec
 closes the loaders and raises :class:`Interrupted` (exit status 128 + signal: 130, 143).
 A second signal, or one outside the loop (setup, final evaluation), stops at once: the
 checkpoint on disk is whatever was written last, never half a file (writes are atomic).
-Loader workers are forked while the handler is installed and inherit it; in a worker it
-ignores SIGINT (a terminal's Ctrl-C reaches the whole process group, and the main process
-decides) and dies on SIGTERM as before, so ``terminate()`` still ends workers at once.
+Loader workers are fresh interpreters (pgps_data/loader/workers.py) that ignore SIGINT
+themselves (a terminal's Ctrl-C reaches the whole process group, and the main process
+decides) and die on SIGTERM, so the loader's ``close()`` ends them at once.
 
 **Loader failures.** A worker that dies arrives as :class:`LoaderWorkerError`; an exception
 inside a worker (a corrupt chunk raising PGPSInputError) names the worker, the case and
-the reason in one line, carried as LoaderWorkerError (or, from an older loader, inside
-torchdata's RuntimeError with both tracebacks). :func:`loader_batches` turns these into
+the reason in one line, carried as LoaderWorkerError. :func:`loader_batches` turns these into
 one line: :class:`WorkerDataError` (a PGPSInputError: the store is at fault, exit 2) or
 LoaderWorkerError (the worker is, exit 1).
 """

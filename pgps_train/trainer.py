@@ -315,7 +315,8 @@ def validate(net: torch.nn.Module, val_loader,  # noqa: ANN001
              amp_dtype: torch.dtype, timers: Timers | None = None) -> list[float]:
     """nnU-Net's pseudo-Dice per foreground class (or region) over the validation crops.
 
-    ``timers`` gets the wait for the first batch (each pass starts the validation workers)
+    ``timers`` gets the wait for the first batch (the first pass starts the validation
+    workers and reads the crops; later passes replay them)
     as ``validation_startup`` and the rest as ``validation``.
     """
     net.eval()

@@ -20,7 +20,7 @@ from zarr.codecs import (
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.chunking import LAYOUTS, Layout, layout_attrs, write_array
-from pgps_data.store.fastread import STATS, FastArray, read_box, read_box_zarr
+from pgps_data.store.fastread import STATS, FastArray, read_box_zarr
 
 DTYPES = ["float32", "float16", "uint8", "int16", "int32"]
 
@@ -287,7 +287,6 @@ def test_unsupported_arrays_fall_back(tmp_path):
         for origin, size in [((-2, 3, 4), (6, 12, 20)), ((20, 0, 0), (2, 2, 2))]:
             ref = reference(arr, origin, size, 9)
             np.testing.assert_array_equal(read_box_zarr(arr, origin, size, 9), ref)
-            np.testing.assert_array_equal(read_box(arr, origin, size, 9), ref)
         assert STATS["reads"] == before  # the fallback never touched the fast path
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.labels import Labels
-from pgps_data.loader.sampling import forced_classes
 from pgps_data.store.store import open_store
 
 BRATS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3], "ignore": 4}
@@ -194,17 +193,3 @@ def test_forced_classes_of_a_store_by_hand(tiny_store: Path) -> None:
     labels = Labels({"background": 0, "whole": [2, 1], "core": 2, "again": [2, 1]},
                     regions_class_order=[1, 2, 1])
     assert labels.forced_classes() == [(2, 1), (2,)]
-
-
-def test_forced_classes_match_the_samplers_rule(tiny_store: Path) -> None:
-    """Labels.forced_classes() replaces loader/sampling.py's forced_classes(labels, values)
-    (delete this test with that function)."""
-    store = open_store(tiny_store)
-    assert Labels.from_store(store).forced_classes() == forced_classes(store.labels,
-                                                                       store.label_values)
-    regions = {"background": 0, "whole": [1, 2], "core": 2}
-    assert Labels(regions, regions_class_order=[1, 2]).forced_classes() == forced_classes(
-        regions, [1, 2])
-    # the sampler also lists the ignore value as a class; it has no stored voxels (the
-    # store keeps no fg_<ignore> index), so it was never picked: Labels leaves it out
-    assert forced_classes(BRATS, [1, 2, 3]) == [*brats().forced_classes(), (4,)]

@@ -159,14 +159,21 @@ def test_test_cases_never_enter_training(store) -> None:
         make_loader(store, _cur(), workers=0, cases=store.test_ids)
 
 
-def test_bundles_larger_than_the_steps_never_deadlock_the_ring(store, monkeypatch) -> None:
-    """A bundle is filled in the ring before it is sent: the ring must hold a whole one."""
+def test_a_tight_ring_and_huge_bundles_never_deadlock(store, monkeypatch) -> None:
+    """Dispatch and release share one thread: a bundle takes only what fits in the ring now.
+
+    The ring is cut to the smallest that holds two steps and bundles may hold everything;
+    an allocation that waited for room (as one in the releasing thread would) never returns.
+    """
     import signal
 
     import pgps_data.loader.pipeline as pipeline
+    import pgps_data.loader.workers as workers
+    from pgps_data.loader.ring import ALIGN
 
-    monkeypatch.setattr(pipeline, "BUNDLE_BYTES", 64 << 20)  # far beyond 3 steps of crops
-    monkeypatch.setattr(pipeline, "BUNDLE_MAX", 10_000)
+    monkeypatch.setattr(workers, "BUNDLE_BYTES", 64 << 20)  # far beyond the ring
+    monkeypatch.setattr(workers, "BUNDLE_MAX", 10_000)
+    monkeypatch.setattr(pipeline, "ring_bytes", lambda step, _workers: 2 * step + 16 * ALIGN)
 
     def hung(*_):
         raise TimeoutError("the ring deadlocked")
@@ -176,6 +183,8 @@ def test_bundles_larger_than_the_steps_never_deadlock_the_ring(store, monkeypatc
     try:
         cur = _cur(mode="constant", epochs=1, ipe=40, patch=(8, 16, 16))
         batches = _collect(make_loader(store, cur, workers=2, seed=0))
+        ref = _collect(make_loader(store, cur, workers=0, seed=0))
     finally:
         signal.alarm(0)
     assert [b["step"] for b in batches] == list(range(40))
+    _same(ref, batches)

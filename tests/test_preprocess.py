@@ -25,8 +25,7 @@ from pgps_data.raw.preprocess import (
 )
 from pgps_data.raw.resample import (
     compute_new_shape,
-    resample_image,
-    resample_label,
+    resample_label_to_shape,
     resample_to_shape,
     separate_axis,
 )
@@ -137,7 +136,7 @@ def test_resampling_matches_skimage_cubic():
 
 def test_anisotropic_uses_nearest_out_of_plane():
     x = RNG.normal(size=(5, 12, 12))
-    got = resample_image(x[None], (4.0, 1.0, 1.0), (2.0, 1.5, 1.5))[0]
+    got = resample_to_shape(x[None], (10, 8, 8), (4.0, 1.0, 1.0), (2.0, 1.5, 1.5))[0]
     assert got.shape == (10, 8, 8)
     # nnU-Net: per-slice cubic in plane, then order 0 along z
     inplane = np.stack([resize(s, (8, 8), 3, mode="edge", anti_aliasing=False) for s in x])
@@ -170,13 +169,14 @@ def test_label_resampling_is_nnunets_argmax_and_keeps_small_structures():
     lab[10, 5:25, 15] = 4  # a line through organ, lesion and background: 3 labels meet
     for target in [(0.7, 0.7, 0.7), (2.0, 2.0, 2.0), (1.3, 0.8, 0.55)]:
         new = compute_new_shape(lab.shape, (1.0, 1.0, 1.0), target)
-        got = resample_label(lab, (1.0, 1.0, 1.0), target)
+        got = resample_label_to_shape(lab, new, (1.0, 1.0, 1.0), target)
         assert got.dtype == np.uint8 and got.shape == new
         np.testing.assert_array_equal(got, _argmax_reference(lab, new))
-    got = resample_label(lab, (1.0, 1.0, 1.0), (0.7, 0.7, 0.7))
+    fine = compute_new_shape(lab.shape, (1.0, 1.0, 1.0), (0.7, 0.7, 0.7))
+    got = resample_label_to_shape(lab, fine, (1.0, 1.0, 1.0), (0.7, 0.7, 0.7))
     assert set(np.unique(got)) == {0, 1, 2, 3, 4}
     assert (got == 3).sum() >= 2
-    near = resample_label(lab, (1.0, 1.0, 1.0), (0.7, 0.7, 0.7), mode="nearest")
+    near = resample_label_to_shape(lab, fine, (1.0, 1.0, 1.0), (0.7, 0.7, 0.7), mode="nearest")
     assert set(np.unique(near)) == {0, 1, 2, 3, 4}
 
 

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve()
 def _digests() -> dict[str, str]:
     """sha256 of every resampling path a conversion or an export takes (seeded inputs)."""
     from pgps_data.raw.preprocess import compute_intensity_stats, preprocess_case
-    from pgps_data.raw.resample import resample_label, resample_to_shape
+    from pgps_data.raw.resample import compute_new_shape, resample_label_to_shape, resample_to_shape
     from pgps_data.synthetic.dataset import synthetic_case
 
     rng = np.random.default_rng(14)
@@ -49,7 +49,9 @@ def _digests() -> dict[str, str]:
                                             (3.0, 1.0, 1.0), order=3, order_z=3),
         "linear_probabilities": resample_to_shape(probs, (23, 71, 52), (1, 1, 1), (1, 1, 1),
                                                   order=1),
-        "label": resample_label(label, (1.5, 0.8, 0.8), (1.1, 0.95, 0.62)),
+        "label": resample_label_to_shape(
+            label, compute_new_shape(label.shape, (1.5, 0.8, 0.8), (1.1, 0.95, 0.62)),
+            (1.5, 0.8, 0.8), (1.1, 0.95, 0.62)),
         "case_image": image,
         "case_label": lab,
     }

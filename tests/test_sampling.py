@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pgps_data.loader.sampling import CropRequest, Sampler, crop_rng, forced_classes, plan_origins
+from pgps_data.loader.sampling import CropRequest, Sampler, crop_rng, plan_origins
 from pgps_data.schedule.curriculum import Curriculum
 
 CASES = [f"c{i}" for i in range(7)]
@@ -128,12 +128,6 @@ def test_ignore_label_centres_unforced_crops_on_annotated_voxels() -> None:
     req = _request((4, 4, 4), [False] * 10)
     origins, _ = plan_origins(req, (30, 30, 30), {(1,): np.zeros((0, 3), int)}, annotated)
     assert set(origins) == {(3, 3, 3)}
-
-
-def test_regions_pick_unions_of_values() -> None:
-    labels = {"background": 0, "whole": [1, 2], "core": 2}
-    assert forced_classes(labels, [1, 2]) == [(1, 2), (2,)]
-    assert forced_classes({"background": 0, "a": 1, "b": 2}, [1, 2]) == [(1,), (2,)]
 
 
 def test_crop_rng_depends_only_on_seed_rank_step_slot() -> None:

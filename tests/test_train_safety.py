@@ -14,7 +14,6 @@ import csv
 import errno
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -42,6 +41,7 @@ from pgps_train.checkpoint import (
 from pgps_train.cli.train import main as train_main
 from pgps_train.networks import build_network, tiny_kwargs
 from pgps_train.trainer import TrainConfig, train
+from tests.loader_store import live_loader_workers
 from tests.torch_threads import one_thread
 
 PATCH = ["8", "16", "16"]
@@ -384,9 +384,11 @@ def test_dead_worker_is_one_line_with_a_checkpoint(tiny_store: Path, tmp_path: P
 
     def kill_a_worker(batch: dict[str, Any]) -> None:
         if batch["step"] == 2:
-            victim = multiprocessing.active_children()[0]
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.join(5)
+            victim = live_loader_workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 5  # not psutil.wait: reaping hides the death
+            while victim in live_loader_workers() and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     _hooked(monkeypatch, kill_a_worker)
     # long enough that the workers still have requests to serve (they are bundled)
@@ -396,7 +398,7 @@ def test_dead_worker_is_one_line_with_a_checkpoint(tiny_store: Path, tmp_path: P
     step = load_checkpoint(out / LATEST)["step"]
     assert f"checkpoint at step {step}" in line
     assert step >= 3 and steps_of(out) == list(range(step))
-    assert not multiprocessing.active_children()  # the loader's workers are gone
+    assert not live_loader_workers()  # the loader's workers are gone
 
 
 # -- item 15: validation, checkpoints and start-ups are timed apart from the data wait -----------

@@ -59,8 +59,7 @@ import bench_report  # noqa: E402
 import benchlib as bl  # noqa: E402
 
 from pgps_data import Curriculum, make_loader, open_store  # noqa: E402
-from pgps_data.loader.sampling import Sampler  # noqa: E402
-from pgps_data.loader.worker import CropReader  # noqa: E402
+from pgps_data.loader.sampling import Sampler, forced_classes, plan_origins  # noqa: E402
 from pgps_data.store.fastread import STATS  # noqa: E402
 
 FULL_PLAN = {"patch": (80, 160, 160), "pools": (4, 5, 5), "batch": 2}
@@ -84,14 +83,8 @@ def start_at(loader, step: int) -> None:
     loader.load_state_dict(state)
 
 
-def _worker_pids(loader) -> list[int]:
-    wd = getattr(loader, "_watchdog", None)
-    return [w.pid for w in wd.workers()] if wd is not None else []
-
-
 def _close(loader) -> None:
-    """Stop the workers and collect the pipeline now: a stale torchdata iterator inherited by
-    a later fork would otherwise run its __del__ in the child (noisy assertion messages)."""
+    """Stop the workers and collect the pipeline now (its threads end before the next)."""
     loader.close()
     del loader
     gc.collect()
@@ -107,7 +100,7 @@ def measure_ours(store_path: Path, cur: Curriculum, stage, workers: int, seconds
     it = iter(loader)
     try:
         rates = bl.rate_windows(lambda: next(it)["image"].numel(), seconds, windows, warmup)
-        pids = _worker_pids(loader)
+        pids = loader.worker_pids()
         main, work, group = bl.memory([me]), bl.memory(pids), bl.memory([me, *pids])
     finally:
         _close(loader)
@@ -121,16 +114,21 @@ def measure_ours(store_path: Path, cur: Curriculum, stage, workers: int, seconds
 
 def amplification(store_path: Path, cur: Curriculum, stage, steps: int) -> float | None:
     """Bytes decoded or mapped ÷ bytes delivered (image float32 + label uint8) over ``steps``
-    steps of ``stage``, replaying the loader's own requests and reads in this process."""
+    steps of ``stage``, replaying the loader's own requests and reads in this process (the
+    same origins as a worker plans, read by the same ``Case.read_many``)."""
     store = open_store(store_path)
     sampler = Sampler(store.case_ids, cur, seed=0)
-    reader = CropReader(str(store_path), None)
+    classes = forced_classes(store.labels, store.label_values)
     c = store.channels
     delivered = touched = 0
     for step in range(stage.start_iter, stage.start_iter + steps):
         for req in sampler.requests(step):
+            case = store[req.case_id]
+            annotated = case.annotated() if store.ignore_label is not None else None
+            origins, _ = plan_origins(req, case.shape, case.class_locations(classes), annotated)
+            starts = [tuple(o - m for o, m in zip(org, req.margin)) for org in origins]
             before = STATS["bytes_decoded"] + STATS["bytes_mapped"]
-            reader([req])
+            case.read_many(starts, req.read_shape)
             touched += STATS["bytes_decoded"] + STATS["bytes_mapped"] - before
             delivered += len(req.slots) * int(np.prod(req.read_shape)) * (4 * c + 1)
     return round(touched / delivered, 2) if touched else None
@@ -180,7 +178,7 @@ def memory_flat(stores: list[tuple[str, Path]], cur: Curriculum, stage, workers:
             for n in range(1, batches + 1):
                 next(it)
                 if n in marks:
-                    pids = [os.getpid(), *_worker_pids(loader)]
+                    pids = [os.getpid(), *loader.worker_pids()]
                     m = bl.memory(pids)
                     row[f"uss_{n}"], row[f"anon_{n}"] = m["uss_mb"], m["anon_mb"]
         finally:

@@ -1,7 +1,7 @@
 """The streaming loader: a torchdata.nodes graph feeding curriculum-sized batches.
 
-    CropRequests (steps → per-case requests, ring offsets)
-      → ParallelMapper(CropReader, method="process", in_order=True)
+    CropRequests (steps → per-case requests, a pure function of seed and step)
+      → CropWorkers (our node: reader processes, the shared-memory ring, liveness)
       → StageBatcher (one step per batch; never mixes patch sizes)
       → PinMemory (CUDA only) → Prefetcher → torchdata Loader
 
@@ -12,34 +12,30 @@
 
 The request stream is a pure function of (seed, step), so the loader's state is just the
 next step: resuming replays nothing and reproduces the uninterrupted stream exactly. The
-workers are started once and live across stage changes. A watchdog turns a dead worker
-(SIGKILL, OOM killer) into an error within about a second instead of torchdata's hang.
+workers are started once per stream (by the thread that first asks for a batch) and live
+across stage changes; a dead worker is an error within a second, not a hang.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torchdata.nodes import BaseNode, Loader, ParallelMapper, PinMemory, Prefetcher
+from torchdata.nodes import BaseNode, Loader, PinMemory, Prefetcher
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.loader.ring import ALIGN, SharedRing, request_layout
+from pgps_data.loader.ring import request_layout
 from pgps_data.loader.sampling import CropRequest, Sampler
-from pgps_data.loader.watchdog import LoaderWorkerError, WorkerWatchdog, worker_failure_line
-from pgps_data.loader.worker import CropReader, arm_parent_watch
+from pgps_data.loader.watchdog import LoaderWorkerError
+from pgps_data.loader.workers import Crops, CropWorkers, ring_bytes
 from pgps_data.schedule.curriculum import Curriculum
 from pgps_data.store.store import Store
 
 STATE_VERSION = 1
-BUNDLE_BYTES = 8 << 20  # requests travel to a worker together up to this many bytes of crops
-BUNDLE_MAX = 64
 
 
 def make_loader(
@@ -87,19 +83,29 @@ def make_validation_loader(
     workers: int = 2,
     seed: int = 1,
 ) -> PGPSLoader:
-    """The same ``batches`` batches at the final patch on every pass (pseudo-Dice)."""
+    """The same ``batches`` batches at the final patch on every pass (pseudo-Dice).
+
+    They are read once, on the first complete pass, which then frees its workers and ring;
+    later passes replay them (fresh copies of the same values, no process started).
+    """
     val = Curriculum.from_steps(
         patch=curriculum.final_patch, steps=(1, 1, 1), epochs=1,
         iterations_per_epoch=batches, batch=curriculum.final_batch, mode="constant",
     )
-    return make_loader(store, val, workers=workers, seed=seed, cases=cases, repeatable=True)
+    loader = make_loader(store, val, workers=workers, seed=seed, cases=cases, repeatable=True)
+    loader.replay = True
+    return loader
 
 
 class PGPSLoader:
-    """Iterable over batches; one long-lived worker pool; exact resume by step."""
+    """Iterable over batches; one long-lived worker pool; exact resume by step.
+
+    With ``replay`` (and ``repeatable``), the batches of the first complete pass are kept
+    and every later pass yields copies of them without reading anything.
+    """
 
     def __init__(self, store: Store, sampler: Sampler, *, workers: int, label_pad: int,
-                 prefetch: int, pin_memory: bool, repeatable: bool):
+                 prefetch: int, pin_memory: bool, repeatable: bool, replay: bool = False):
         self.store = store
         self.sampler = sampler
         self.curriculum = sampler.curriculum
@@ -108,12 +114,13 @@ class PGPSLoader:
         self.prefetch = prefetch
         self.pin_memory = pin_memory
         self.repeatable = repeatable
+        self.replay = replay
         self.channels = store.channels
         self._next_step = 0
-        self._it: Iterator[dict[str, Any]] | None = None
-        self._ring: SharedRing | None = None
-        self._watchdog: WorkerWatchdog | None = None
-        self._threaded: list[BaseNode] = []
+        self._it: Any = None  # the torchdata Loader's iterator while a stream runs
+        self._workers: CropWorkers | None = None
+        self._kept: list[dict[str, Any]] = []  # replay: the batches of the pass so far
+        self._replaying: int | None = None  # replay: index of the next kept batch to yield
 
     def __len__(self) -> int:
         return self.curriculum.total_iterations
@@ -122,30 +129,45 @@ class PGPSLoader:
         if self.repeatable:
             self.close()
             self._next_step = 0
+            if self.replay and len(self._kept) == self.curriculum.total_iterations:
+                self._replaying = 0
+            else:
+                self._kept = []
         return self
 
     def __next__(self) -> dict[str, Any]:
+        if self._replaying is not None:
+            if self._replaying >= len(self._kept):
+                raise StopIteration
+            self._replaying += 1
+            return _copy(self._kept[self._replaying - 1])
         if self._next_step >= self.curriculum.total_iterations:
             self.close()
             raise StopIteration
         if self._it is None:
             self._start()
         try:
-            batch = next(self._it)  # type: ignore[arg-type]
+            batch = next(self._it)
         except StopIteration:
             self.close()
             raise
-        except BaseException as exc:
-            failure = self._watchdog.failure if self._watchdog else None
+        except BaseException:
+            failure = self._workers.failure if self._workers is not None else None
             self.close()
-            if failure:
-                raise LoaderWorkerError(failure) from None
-            line = worker_failure_line(exc) if isinstance(exc, Exception) else None
-            if line is not None:  # a worker's exception: its one line, not torchdata's text
-                raise LoaderWorkerError(line) from None
-            raise exc
+            if failure is not None:  # the worker's own line, not torchdata's re-raised text
+                raise failure from None
+            raise
         self._next_step = batch["step"] + 1
+        if self.replay:
+            self._kept.append(batch)
+            batch = _copy(batch)
+            if self._next_step >= self.curriculum.total_iterations:
+                self.close()  # the pass is complete: free the workers and the ring now
         return batch
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (empty before the first batch, after close)."""
+        return self._workers.worker_pids() if self._workers is not None else []
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -162,6 +184,7 @@ class PGPSLoader:
                     f"loader's ({str(mine[key])[:40]}); a state only resumes the stream it came from"
                 )
         self.close()
+        self._kept, self._replaying = [], None
         self._next_step = int(state["next_step"])
 
     def _identity(self) -> dict[str, Any]:
@@ -176,49 +199,28 @@ class PGPSLoader:
 
     # -- the graph ----------------------------------------------------------------------
     def _start(self) -> None:
-        # Workers are forked from torchdata's threads while the request thread runs; a
-        # module imported lazily at that moment would leave its import lock held in the
-        # child forever. Drawing one step here first does every such import up front.
-        self.sampler.requests(min(self._next_step, self.curriculum.total_iterations - 1))
-        step_bytes = max_step_bytes(self.sampler, self.channels)
-        # A bundle is filled in the ring before it is sent, so the ring must always hold
-        # one whole bundle (plus the tail wasted when it wraps) besides the steps in flight.
-        self._ring = SharedRing(3 * step_bytes + 2 * BUNDLE_BYTES + ALIGN * BUNDLE_MAX)
-        requests = CropRequests(self.sampler, self._ring, self.channels, self._next_step)
-        reader = CropReader(str(self.store.path), self._ring.name, self.label_pad)
-        arm_parent_watch()  # workers are forked by torchdata's threads from here on
-        mapper = ParallelMapper(requests, reader, num_workers=self.workers, in_order=True,
-                                method="process", multiprocessing_context="fork")
-        self._watchdog = WorkerWatchdog(mapper)
-        node: BaseNode = StageBatcher(mapper, self._ring, self.channels, self._watchdog)
-        self._threaded = []
+        requests = CropRequests(self.sampler, start=self._next_step)
+        self._workers = CropWorkers(
+            requests, self.store, workers=self.workers, label_pad=self.label_pad,
+            ring_bytes=ring_bytes(max_step_bytes(self.sampler, self.channels), self.workers))
+        self._workers.start()  # from this thread, before torchdata starts any of its own
+        node: BaseNode = StageBatcher(self._workers)
         if self.pin_memory:
             node = PinMemory(node)
-            self._threaded.append(node)
         node = Prefetcher(node, prefetch_factor=self.prefetch)
-        self._threaded.insert(0, node)
         self._it = iter(Loader(node))
-        self._watchdog.start()
 
     def close(self) -> None:
-        """Stop the threads and workers, then free the ring (also at the end of the stream).
+        """Stop the workers and free the ring (also at the end of the stream).
 
-        The order matters: the prefetch thread may be copying out of the ring, so it is
-        stopped (and joined) before the ring's memory is unmapped.
+        Only our own node is stopped: it first waits until no thread copies out of the
+        ring, then ends the workers and unmaps the ring; a torchdata thread still waiting
+        on the graph gets StopIteration from it, and torchdata ends its threads when the
+        graph is dropped here.
         """
-        if self._watchdog is not None:
-            self._watchdog.halt()
-        for node in self._threaded:  # Prefetcher / PinMemory threads, outermost first
-            inner = getattr(node, "_it", None)
-            if inner is not None and hasattr(inner, "_shutdown"):
-                inner._shutdown()
-        self._threaded = []
-        if self._watchdog is not None:
-            self._watchdog.stop_workers()
-            self._watchdog = None
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         self._it = None
 
     def __del__(self) -> None:
@@ -228,122 +230,82 @@ class PGPSLoader:
             pass
 
 
-class CropRequests(BaseNode[list]):
-    """Source node: bundles of requests, step after step, each with its region of the ring.
+class CropRequests(BaseNode[CropRequest]):
+    """Source node: the crop requests of step after step, in batch order.
 
-    Small requests (the early stages' small crops) are bundled up to ``BUNDLE_BYTES`` of
-    crops, so a worker's round trip through torchdata's queues (~0.1 ms) is paid once per
-    bundle instead of once per case and step.
+    A pure function of the sampler and the position; its state is that position, the next
+    request as (step, part), and ``reset`` with such a state continues exactly there.
     """
 
-    def __init__(self, sampler: Sampler, ring: SharedRing | None, channels: int, start: int):
+    def __init__(self, sampler: Sampler, start: int = 0):
         super().__init__()
         self.sampler = sampler
-        self.ring = ring
-        self.channels = channels
-        self.start = start
-        self._step = start
-        self._pending: list[CropRequest] = []
+        self.start = int(start)
+        self._step, self._part = self.start, 0
+        self._requests: list[CropRequest] | None = None
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        self._step = self.start if initial_state is None else int(initial_state["step"])
-        self._pending = []
+        state = initial_state or {"step": self.start, "part": 0}
+        self._step, self._part = int(state["step"]), int(state["part"])
+        self._requests = None
 
-    def next(self) -> list[CropRequest]:
-        bundle: list[CropRequest] = []
-        size = 0
-        while len(bundle) < BUNDLE_MAX:
-            if not self._pending:
-                if self._step >= self.sampler.curriculum.total_iterations:
-                    break
-                self._pending = self.sampler.requests(self._step)
-                self._step += 1
-            img, lab = request_layout(len(self._pending[0].slots), self.channels,
-                                      self._pending[0].read_shape)
-            if bundle and size + img + lab > BUNDLE_BYTES:
-                break
-            req = self._pending.pop(0)
-            if self.ring is not None:
-                req = replace(req, ring_offset=self.ring.allocate(img + lab))
-            bundle.append(req)
-            size += img + lab
-        if not bundle:
-            raise StopIteration
-        return bundle
+    def next(self) -> CropRequest:
+        while self._step < self.sampler.curriculum.total_iterations:
+            if self._requests is None:
+                self._requests = self.sampler.requests(self._step)
+            if self._part < len(self._requests):
+                self._part += 1
+                return self._requests[self._part - 1]
+            self._step, self._part, self._requests = self._step + 1, 0, None
+        raise StopIteration
 
     def get_state(self) -> dict[str, Any]:
-        return {"step": self._step - (1 if self._pending else 0)}
+        return {"step": self._step, "part": self._part}
 
 
 class StageBatcher(BaseNode[dict]):
-    """Collates the requests of one step into one batch that owns its memory."""
+    """Collates the requests of one step into one batch that owns its memory.
 
-    def __init__(self, source: BaseNode, ring: SharedRing | None, channels: int,
-                 watchdog: WorkerWatchdog | None = None):
+    Like :class:`CropWorkers` it is not a resume point (``get_state`` is empty):
+    :meth:`PGPSLoader.state_dict` is.
+    """
+
+    def __init__(self, source: CropWorkers):
         super().__init__()
         self.source = source
-        self.ring = ring
-        self.channels = channels
-        self.watchdog = watchdog
-        self._buffer: deque[dict[str, Any]] = deque()
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        self._buffer.clear()
-        self.source.reset(None if initial_state is None else initial_state.get("source"))
+        self.source.reset(initial_state)
+
+    def get_state(self) -> dict[str, Any]:
+        return {}
 
     def next(self) -> dict[str, Any]:
-        first = self._pull()
+        first = self.source.next()
         parts = [first]
-        while len(parts) < first["request"].parts:
-            parts.append(self._pull())
+        while len(parts) < first.request.parts:
+            parts.append(self.source.next())
         return self._collate(parts)
 
-    def _pull(self) -> dict[str, Any]:
-        """The next request's result, unpacking the workers' bundles in order."""
-        if not self._buffer:
-            try:
-                self._buffer.extend(self.source.next())
-            except StopIteration:
-                if self.watchdog is not None and self.watchdog.failure:
-                    raise LoaderWorkerError(self.watchdog.failure) from None
-                raise
-        return self._buffer.popleft()
-
-    def _collate(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
-        req0: CropRequest = parts[0]["request"]
-        b, shape, c = req0.batch, req0.read_shape, parts[0]["channels"]
+    def _collate(self, parts: list[Crops]) -> dict[str, Any]:
+        req0 = parts[0].request
+        b, shape, c = req0.batch, req0.read_shape, self.source.channels
         image = np.empty((b, c, *shape), np.float32)
         label = np.empty((b, 1, *shape), np.uint8)
         case_ids: list[str] = [""] * b
         forced = np.zeros(b, bool)
         picked = np.full(b, -1, np.int64)
         origins = np.zeros((b, 3), np.int64)
-        for part in parts:
-            req: CropRequest = part["request"]
-            n = len(req.slots)
-            if "image" in part:
-                src_img, src_lab = part["image"], part["label"]
-            else:
-                img_bytes, _ = request_layout(n, c, shape)
-                src_img = self.ring.view(req.ring_offset, np.dtype(np.float32), (n, c, *shape))
-                src_lab = self.ring.view(req.ring_offset + img_bytes, np.dtype(np.uint8),
-                                         (n, *shape))
-            slots = list(req.slots)
-            if slots == list(range(slots[0], slots[0] + n)):
-                image[slots[0]:slots[0] + n] = src_img
-                label[slots[0]:slots[0] + n, 0] = src_lab
-            else:
-                image[slots] = src_img
-                label[slots, 0] = src_lab
-            if req.ring_offset >= 0 and self.ring is not None:
-                self.ring.release(req.ring_offset)
-            for j, slot in enumerate(slots):
+        for part in parts:  # in request order: the order their ring regions are released
+            self.source.copy_out(part, image, label)
+            req = part.request
+            for j, slot in enumerate(req.slots):
                 case_ids[slot] = req.case_id
                 forced[slot] = req.forced[j]
-                picked[slot] = part["picked"][j]
-                origins[slot] = part["origins"][j]
+                picked[slot] = part.picked[j]
+                origins[slot] = part.origins[j]
         batch = {
             "image": torch.from_numpy(image),
             "label": torch.from_numpy(label),
@@ -359,21 +321,31 @@ class StageBatcher(BaseNode[dict]):
             batch["read_size"] = tuple(shape)
         return batch
 
-    def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
-
 
 def max_step_bytes(sampler: Sampler, channels: int) -> int:
     """The largest step payload of the schedule (sizes the ring)."""
     cur = sampler.curriculum
     sizes = [(s.batch, s.patch) for s in cur.stages]
-    sizes += [(cur.final_batch, p) for p in getattr(cur, "patch_sizes", [])]
+    sizes += [(cur.final_batch, p) for p in cur.patch_sizes]
     best = 0
     for b, patch in sizes:
         shape = tuple(int(p) + 2 * m for p, m in zip(patch, sampler.margin))
         img, lab = request_layout(int(b), channels, shape)
         best = max(best, img + lab)
     return best
+
+
+def _copy(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch with fresh tensors of the same values (pinned if the original is)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            fresh = torch.empty_like(value, pin_memory=value.is_pinned())
+            value = fresh.copy_(value)
+        elif isinstance(value, list):
+            value = list(value)
+        out[key] = value
+    return out
 
 
 __all__ = ["make_loader", "make_validation_loader", "PGPSLoader", "LoaderWorkerError",

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.random  # noqa: F401  (imported eagerly: workers fork while requests are drawn)
 
 from pgps_data.schedule.curriculum import Curriculum
 from pgps_data.schedule.oversampling import case_grouping, forced_slots
@@ -46,7 +45,6 @@ class CropRequest:
     parts: int = 1  # requests in this step
     batch: int = 1  # crops in this step
     margin: tuple[int, int, int] = (0, 0, 0)
-    ring_offset: int = -1  # byte offset of the output in the shared ring (-1: return)
 
     @property
     def read_shape(self) -> tuple[int, int, int]:
@@ -133,23 +131,6 @@ def crop_rng(request: CropRequest, slot: int) -> np.random.Generator:
     return np.random.default_rng(
         [request.seed, request.rank, request.step, slot, _CROP_STREAM]
     )
-
-
-def forced_classes(labels: dict, values: Sequence[int]) -> list[tuple[int, ...]]:
-    """The classes a forced crop can pick: regions (lists of values) or single values.
-
-    With regions (nnU-Net's region-based training) every declared label is a region; its
-    voxels are the union of its values' indices. Without, each foreground value is a class.
-    """
-    has_regions = any(isinstance(v, list) for v in labels.values())
-    if not has_regions:
-        return [(int(v),) for v in values]
-    out = []
-    for v in labels.values():
-        region = tuple(int(x) for x in (v if isinstance(v, list) else [v]))
-        if region != (0,) and region not in out:
-            out.append(region)
-    return out
 
 
 def plan_origins(

@@ -1,98 +1,68 @@
-"""Guarding torchdata's process workers: a dead worker becomes an error, not a hang.
+"""What a dead or failing loader worker becomes: one :class:`LoaderWorkerError` line.
 
-torchdata 0.11 never checks worker liveness: a worker killed by SIGKILL or the OOM killer
-leaves the loader waiting forever for its item (notes/torchdata_nodes.md). The watchdog
-thread polls the ParallelMapper's worker processes; when one has died it records why and
-stops the mapper, whose ``next()`` then ends, and the batcher raises
-:class:`LoaderWorkerError` with that reason. It also terminates the workers on close.
+The liveness check itself is :class:`~pgps_data.loader.workers.CropWorkers`'s (it waits on
+its workers' pipes and exit status); this module says what the user reads: which worker
+(index, pid), how it ended (the signal, with the OOM killer's hint for SIGKILL, or its exit
+status), and the request it held (case, step, patch). A worker's own exception arrives as
+the worker's one line ("loader worker (pid N) failed on case 'x', step s, patch [..],
+slots [..]: Type: reason").
 """
 
 from __future__ import annotations
 
 import re
 import signal
-import threading
 from typing import Any
 
 
 class LoaderWorkerError(RuntimeError):
-    """A loader worker died or failed; the message (one line) says which and why."""
+    """A loader worker died or failed; the message (one line) says which and why.
+
+    ``worker`` (index) and ``pid`` name the worker, ``request`` the CropRequest it held
+    (None if idle or unknown); for a worker's exception, ``error_type`` is the exception's
+    type name in the worker (e.g. "PGPSInputError": the store is at fault) and ``reason``
+    its message.
+    """
+
+    def __init__(self, message: str, *, worker: int | None = None, pid: int | None = None,
+                 request: Any = None, error_type: str | None = None,
+                 reason: str | None = None):
+        super().__init__(message)
+        self.worker, self.pid, self.request = worker, pid, request
+        self.error_type, self.reason = error_type, reason
+
+
+def died_line(worker: int, pid: int, code: int | None, request: Any) -> str:
+    """The line for a worker that ended without being told to (``code``: its exit status,
+    negative for a signal, None if it closed its pipe but did not exit)."""
+    who = f"a loader worker (worker {worker}, pid {pid})"
+    if code is None:
+        how = "stopped answering"
+    elif code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        oom = " (killed: out of memory? the OOM killer sends SIGKILL)" if -code == 9 else ""
+        how = f"died from {name}{oom}"
+    else:
+        how = f"exited with status {code}"
+    if request is None:
+        held = "while it held no request"
+    else:
+        held = (f"while it held case {request.case_id!r}, step {request.step}, "
+                f"patch {list(request.patch)}")
+    return f"{who} {how} {held}; the loader stopped"
 
 
 _WORKER_LINE = re.compile(r"loader worker \(pid \d+\) failed on case .*")
 
 
 def worker_failure_line(exc: BaseException) -> str | None:
-    """The one line a failing worker wrote (see ``CropReader._guarded``), or None.
-
-    torchdata re-raises a worker's exception in the main process with the worker's whole
-    traceback text as its message (once per thread it crossed); the worker's own line is
-    the last line that names the loader worker.
+    """The worker's own line ("loader worker (pid N) failed on case ...") in ``exc``'s
+    message, or None: what pgps_train/interrupts.py reads to tell a store at fault
+    (PGPSInputError) from a worker at fault. The loader raises that line as the whole
+    message of a LoaderWorkerError; the search also finds it inside a longer text.
     """
     lines = [m.group(0) for ln in str(exc).splitlines() if (m := _WORKER_LINE.search(ln))]
     return lines[-1].strip() if lines else None
-
-
-class WorkerWatchdog:
-    """Polls the worker processes of one ParallelMapper (torchdata 0.11 internals)."""
-
-    def __init__(self, mapper: Any, interval: float = 0.25):
-        self.mapper = mapper
-        self.interval = interval
-        self.failure: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pgps-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def workers(self) -> list[Any]:
-        """The mapper's worker processes (empty before it started or with 0 workers)."""
-        impl = getattr(self.mapper, "_it", None)  # _ParallelMapperImpl
-        it = getattr(impl, "_it", None)  # _ParallelMapperIter
-        return [w for w in getattr(it, "_workers", []) if hasattr(w, "exitcode")]
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for w in self.workers():
-                code = w.exitcode
-                if code is not None and code != 0:
-                    self.failure = _describe(w.pid, code)
-                    self._halt_mapper()
-                    return
-
-    def _halt_mapper(self) -> None:
-        it = getattr(getattr(self.mapper, "_it", None), "_it", None)
-        for name in ("_stop", "_mp_stop"):
-            event = getattr(it, name, None)
-            if event is not None:
-                event.set()
-
-    def halt(self) -> None:
-        """Stop watching and make the mapper's ``next()`` end (its workers still run)."""
-        self._stop.set()
-        self._halt_mapper()
-
-    def stop_workers(self, timeout: float = 2.0) -> None:
-        """Stop watching and end every worker (terminate, then kill)."""
-        self.halt()
-        workers = self.workers()
-        for w in workers:
-            if w.is_alive():
-                w.terminate()
-        for w in workers:
-            w.join(timeout=timeout)
-            if w.is_alive():
-                w.kill()
-                w.join(timeout=timeout)
-
-
-def _describe(pid: int, code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        why = " (killed: out of memory? the OOM killer sends SIGKILL)" if -code == 9 else ""
-        return f"a loader worker (pid {pid}) died from {name}{why}; the loader stopped"
-    return f"a loader worker (pid {pid}) exited with status {code}; the loader stopped"

@@ -1,148 +1,150 @@
-"""What a loader worker process does: turn a crop request into crops in the shared ring.
+"""What one loader worker process does: read crop requests into the shared ring.
 
-The map function :class:`CropReader` is created in the main process and runs in each
-worker. On its first call in a process it opens the store (lazily: volumes never cross
-process boundaries, only crops do), attaches to the shared ring and starts a thread that
-ends the worker when its parent dies, so no worker outlives a killed main process.
+A worker is a fresh interpreter (``python -c`` running :func:`main`, started by
+:class:`~pgps_data.loader.workers.CropWorkers`): it imports only numpy, zarr and the
+store, never torch nor the user's script, and inherits no thread, lock or signal handler
+of its parent. It opens the store itself (volumes never cross process boundaries, only
+crops do), maps the ring from the descriptor it inherited, and then serves bundles from
+its pipe until the pipe ends or the loader terminates it:
+
+    main -> worker   (store path, label pad), then
+                     (bundle id, [(sequence number, ring offset, CropRequest), ...])
+    worker -> main   ("ok", bundle id, [(origins, picked), ...])
+                     ("error", bundle id, one line, sequence number, type name, reason)
+
+It dies with its parent: Linux kills it when the parent dies (``PR_SET_PDEATHSIG``), a
+watch thread does elsewhere, and an idle worker sees its pipe end. Ctrl-C is the parent's
+to handle (a terminal sends SIGINT to the whole process group), so workers ignore it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from pgps_data.loader.ring import RingView, request_layout
-from pgps_data.loader.sampling import CropRequest, forced_classes, plan_origins
-from pgps_data.store.store import CASE_CACHE
+from pgps_data.labels import Labels
+from pgps_data.loader.ring import IDLE, RingView, request_layout
+from pgps_data.loader.sampling import CropRequest, plan_origins
+from pgps_data.store.store import Store, open_store
 
 
 class CropReader:
-    """The ParallelMapper map function: ``[request, ...] -> [small result dict, ...]``.
+    """Reads crop requests of one store into the ring; one per worker process (and one in
+    the loader's own thread when it has no workers)."""
 
-    Crops go into the ring at ``request.ring_offset`` (images float32 (n, C, *shape), then
-    labels uint8 (n, *shape)); only the origins and picked classes travel back through the
-    queue. With ``ring_offset == -1`` the arrays are returned in the dict instead.
-    """
-
-    def __init__(self, store_path: str, ring_name: str | None, label_pad: int = 0):
-        self.store_path = str(store_path)
-        self.ring_name = ring_name
+    def __init__(self, store: Store, label_pad: int = 0):
+        self.store = store
         self.label_pad = int(label_pad)
-        self._pid: int | None = None
-        self._owner_pid = os.getpid()  # the main process that built the pipeline
+        self.classes = Labels.from_store(store).forced_classes()
+        self.ignore = store.ignore_label is not None
 
-    def __call__(self, bundle: list[CropRequest]) -> list[dict[str, Any]]:
-        if self._pid != os.getpid():
-            self._start()
-        return [self._guarded(request) for request in bundle]
-
-    def _guarded(self, request: CropRequest) -> dict[str, Any]:
-        try:
-            return self._read(request)
-        except Exception as exc:
-            # One line (torchdata carries it to the main process inside a traceback text;
-            # the loader takes this last line back out, see pipeline.worker_failure).
-            reason = " ".join(str(exc).split())
-            raise RuntimeError(
-                f"loader worker (pid {os.getpid()}) failed on case {request.case_id!r}, "
-                f"step {request.step}, patch {list(request.patch)}, slots {list(request.slots)}"
-                f": {type(exc).__name__}: {reason}"
-            ) from exc
-
-    def _start(self) -> None:
-        from pgps_data.store.store import open_store
-
-        self._pid = os.getpid()
-        self._store = open_store(self.store_path)
-        self._ring = RingView(self.ring_name) if self.ring_name else None
-        self._cases: OrderedDict[str, tuple[Any, dict, np.ndarray | None]] = OrderedDict()
-        if self._pid != self._owner_pid:
-            _watch_parent()
-
-    def _case(self, case_id: str) -> tuple[Any, dict, np.ndarray | None]:
-        entry = self._cases.get(case_id)
-        if entry is not None:
-            self._cases.move_to_end(case_id)
-        else:
-            case = self._store[case_id]
-            labels = self._store.labels
-            values = self._store.label_values
-            locations = {}
-            for cls in forced_classes(labels, values):
-                parts = [case.foreground(v) for v in cls]
-                locations[cls] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            annotated = case.annotated() if self._store.ignore_label is not None else None
-            entry = (case, locations, annotated)
-            self._cases[case_id] = entry
-            if len(self._cases) > CASE_CACHE:  # bounded, so memory stays flat on big stores
-                self._cases.popitem(last=False)
-        return entry
-
-    def _read(self, request: CropRequest) -> dict[str, Any]:
-        case, locations, annotated = self._case(request.case_id)
+    def read(self, request: CropRequest, ring: Any, offset: int
+             ) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """Read ``request``'s crops into ``ring`` at ``offset``: images float32
+        (n, C, *shape), then labels uint8 (n, *shape). Returns the crop origins and the
+        class index picked per crop (-1: not forced)."""
+        case = self.store[request.case_id]
+        # The locations per class are kept with the case, so the store's case cache is the
+        # only cache of cases (store.CASE_CACHE).
+        locations = case.class_locations(self.classes)
+        annotated = case.annotated() if self.ignore else None
         origins, picked = plan_origins(request, case.shape, locations, annotated)
         shape = request.read_shape
+        n = len(origins)
+        img_bytes, _ = request_layout(n, case.channels, shape)
+        out_image = ring.view(offset, np.dtype(np.float32), (n, case.channels, *shape))
+        out_label = ring.view(offset + img_bytes, np.dtype(np.uint8), (n, *shape))
         starts = [tuple(o - m for o, m in zip(org, request.margin)) for org in origins]
-        n = len(starts)
-        out_image = out_label = None
-        if self._ring is not None and request.ring_offset >= 0:
-            img_bytes, _ = request_layout(n, case.channels, shape)
-            out_image = self._ring.view(
-                request.ring_offset, np.dtype(np.float32), (n, case.channels, *shape)
-            )
-            out_label = self._ring.view(
-                request.ring_offset + img_bytes, np.dtype(np.uint8), (n, *shape)
-            )
-        image, label = case.read_many(
-            starts, shape, out_image=out_image, out_label=out_label, label_pad=self.label_pad
-        )
-        result: dict[str, Any] = {
-            "request": request,
-            "origins": origins,
-            "picked": picked,
-            "channels": case.channels,
-        }
-        if out_image is None:
-            result["image"], result["label"] = image, label
-        return result
+        case.read_many(starts, shape, out_image=out_image, out_label=out_label,
+                       label_pad=self.label_pad)
+        return origins, picked
 
 
-_ARMED = False  # set while a loader starts its workers; forked children inherit it
-_WATCHING = False
+def failure_line(request: CropRequest, exc: BaseException) -> str:
+    """The one line a failed read becomes (the main process raises it as LoaderWorkerError)."""
+    return (f"loader worker (pid {os.getpid()}) failed on case {request.case_id!r}, "
+            f"step {request.step}, patch {list(request.patch)}, slots {list(request.slots)}"
+            f": {type(exc).__name__}: {_one_line(exc)}")
 
 
-def arm_parent_watch(armed: bool = True) -> None:
-    """Children forked from now on (the loader's workers) watch their parent from birth.
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
-    A worker that never received a request would otherwise have no watcher, and torchdata's
-    workers keep waiting on their queue forever when the main process is SIGKILLed.
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Worker entry: ``SLOT CONN_FD RING_FD RING_BYTES RING_CAPACITY PARENT_PID PDEATHSIG``.
+
+    The first message on the pipe is (store path, label pad); then bundles (module doc).
     """
-    global _ARMED
-    _ARMED = armed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slot, conn_fd, ring_fd, nbytes, capacity, parent, pdeathsig = (
+        int(a) for a in (sys.argv[1:] if argv is None else argv))
+    _die_with(parent, pdeathsig=bool(pdeathsig))
+    conn = Connection(conn_fd)
+    ring = RingView(ring_fd, nbytes, capacity)
+    os.close(ring_fd)  # the mapping keeps the memory
+    status = ring.status(slot)
+    try:
+        store_path, label_pad = conn.recv()
+        reader = CropReader(open_store(store_path), label_pad)
+    except EOFError:
+        os._exit(0)
+    except Exception as exc:  # noqa: BLE001  (a store that cannot open: one line, then exit)
+        conn.send(("error", -1, f"loader worker (pid {os.getpid()}) could not open the "
+                                f"store: {type(exc).__name__}: {_one_line(exc)}", IDLE,
+                   type(exc).__name__, _one_line(exc)))
+        os._exit(1)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            os._exit(0)
+        bundle_id, items = message
+        results = []
+        try:
+            for seq, offset, request in items:
+                status[0] = seq  # what this worker holds, should it die now
+                try:
+                    results.append(reader.read(request, ring, offset))
+                except Exception as exc:  # noqa: BLE001  (sent back as the worker's one line)
+                    conn.send(("error", bundle_id, failure_line(request, exc), seq,
+                               type(exc).__name__, _one_line(exc)))
+                    results = None
+                    break
+            if results is not None:
+                conn.send(("ok", bundle_id, results))
+        except (BrokenPipeError, OSError):
+            os._exit(0)
+        finally:
+            status[0] = IDLE
 
 
-def _after_fork_in_child() -> None:
-    global _WATCHING
-    _WATCHING = False
-    if _ARMED:
-        _watch_parent()
+def _die_with(parent: int, *, pdeathsig: bool, interval: float = 0.25) -> None:
+    """End this worker when its parent process ends (e.g. killed with -9).
 
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _watch_parent(interval: float = 0.25) -> None:
-    """End this worker as soon as its parent process is gone (e.g. killed with -9)."""
-    global _WATCHING
-    if _WATCHING:
+    ``PR_SET_PDEATHSIG`` on Linux (when the parent started us from its main thread: the
+    signal follows the thread that started the child); a watch thread otherwise. The same
+    prctl call as pgps_data/raw/parallel.py's ``die_with_parent``, written here because that
+    module imports dask and rich, which a loader worker should not pay for.
+    """
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pdeathsig = False
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    if pdeathsig and sys.platform.startswith("linux"):
         return
-    _WATCHING = True
-    parent = os.getppid()
 
     def watch() -> None:
         while True:
@@ -151,3 +153,4 @@ def _watch_parent(interval: float = 0.25) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="pgps-parent-watch", daemon=True).start()
+

@@ -87,30 +87,6 @@ def resample_to_shape(
     return out
 
 
-def resample_image(
-    image: np.ndarray,
-    spacing_from: Sequence[float],
-    spacing_to: Sequence[float],
-    order: int = 3,
-) -> np.ndarray:
-    """Resample an image (C, Z, Y, X) from one spacing to another (nnU-Net's rule) → float32."""
-    shape = compute_new_shape(image.shape[1:], spacing_from, spacing_to)
-    return resample_to_shape(image, shape, spacing_from, spacing_to, order=order, order_z=0)
-
-
-def resample_label(
-    label: np.ndarray,
-    spacing_from: Sequence[float],
-    spacing_to: Sequence[float],
-    labels: Sequence[int] | None = None,
-    mode: str = "onehot_linear",
-    outside: np.ndarray | None = None,
-) -> np.ndarray:
-    """Resample a label map (Z, Y, X) to a new spacing → uint8 (nnU-Net's rule and shape)."""
-    shape = compute_new_shape(label.shape, spacing_from, spacing_to)
-    return resample_label_to_shape(label, shape, spacing_from, spacing_to, labels, mode, outside)
-
-
 def resample_label_to_shape(
     label: np.ndarray,
     new_shape: Sequence[int],

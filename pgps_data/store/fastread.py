@@ -51,7 +51,7 @@ from pgps_data.store.chunk_crc import corrupt_chunk, crc_matches, read_box_zarr
 from pgps_data.store.mapped_files import FILES
 from pgps_data.store.zarr_meta import parse_meta as _parse_meta
 
-__all__ = ["DEFAULT_VERIFY", "STATS", "FastArray", "read_box", "read_box_zarr"]
+__all__ = ["DEFAULT_VERIFY", "STATS", "FastArray", "read_box_zarr"]
 
 #: Process-wide counters (tests use them to prove the fast path ran; benches for amplification).
 STATS: dict[str, int] = {"reads": 0, "boxes": 0, "chunks": 0, "bytes_decoded": 0, "bytes_mapped": 0}
@@ -363,20 +363,6 @@ class FastArray:
             )
         idx = raw[: 16 * n].view(">u8" if self._index_be else "<u8")
         return [tuple(p) for p in idx.reshape(n, 2).tolist()]
-
-
-def read_box(
-    arr: zarr.Array,
-    origin: Sequence[int],
-    shape: Sequence[int],
-    pad_value: float = 0,
-    dtype: np.dtype | type | None = None,
-) -> np.ndarray:
-    """Convenience: the fast path when :meth:`FastArray.open` accepts ``arr``, else zarr."""
-    fast = FastArray.open(arr)
-    if fast is None:
-        return read_box_zarr(arr, origin, shape, pad_value, dtype)
-    return fast.read(origin, shape, pad_value=pad_value, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------- helpers

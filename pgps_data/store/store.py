@@ -32,11 +32,12 @@ import zarr
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.chunk_crc import read_checked
-from pgps_data.store.completeness import scan_cases
+from pgps_data.store.completeness import is_complete, scan_cases
 from pgps_data.store.fastread import FastArray, read_box_zarr
 
 FORMAT_VERSION = 1
-CASE_CACHE = 64  # opened cases kept per process (metadata, readers, foreground indices)
+CASE_CACHE = 64  # opened cases kept per process (metadata, readers, foreground indices);
+# the one cache of cases: the loader's workers read through it too
 TRAIN_GROUP = "cases"
 TEST_GROUP = "test"
 
@@ -100,7 +101,7 @@ class Store:
     @property
     def complete(self) -> bool:
         """The conversion finished (root ``complete``, written last) and no case is missing."""
-        return self.meta.get("complete") is True and not self.missing_cases
+        return is_complete(self.meta) and not self.missing_cases
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -211,6 +212,7 @@ class Case:
         self._fast_image: FastArray | None | bool = False  # False = not tried yet
         self._fast_label: FastArray | None | bool = False
         self._fg: dict[str, np.ndarray] = {}
+        self._locations: dict[tuple[tuple[int, ...], ...], dict[tuple[int, ...], np.ndarray]] = {}
 
     # -- crops --------------------------------------------------------------------------
     def read(
@@ -309,6 +311,22 @@ class Case:
         A value absent from the case gives an empty (0, 3) array.
         """
         return self._index(f"fg_{int(value)}")
+
+    def class_locations(
+        self, classes: Sequence[tuple[int, ...]]
+    ) -> dict[tuple[int, ...], np.ndarray]:
+        """Voxel coordinates per class, a class being label values whose indices are joined
+        (a region's values, or one value): what a forced crop centres on. Kept with the
+        case, so it lives as long as the case stays in the store's cache."""
+        key = tuple(map(tuple, classes))
+        found = self._locations.get(key)
+        if found is None:
+            found = {}
+            for cls in key:
+                parts = [self.foreground(int(v)) for v in cls]
+                found[cls] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self._locations[key] = found
+        return found
 
     def annotated(self) -> np.ndarray:
         """(N, 3) coordinates of annotated (non-ignore) voxels; only with an ignore label."""
