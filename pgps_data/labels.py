@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from pgps_data.dataset_json import msd_labels, nnunet_labels, read_dataset_json
 from pgps_data.errors import PGPSInputError
-from pgps_data.raw.dataset_json import msd_labels, nnunet_labels, read_dataset_json
 
 __all__ = ["Labels"]
 
@@ -96,7 +96,7 @@ class Labels:
         ``form`` is "msd" ({"0": "background", ...}) or "nnunet" ({name: value or
         [values]}); None decides by the values (all strings: MSD). Labels declared twice
         (a key repeated in the file, read with
-        :func:`pgps_data.raw.dataset_json.read_dataset_json`; two names for one value; one
+        :func:`pgps_data.dataset_json.read_dataset_json`; two names for one value; one
         name for two values) are refused in one line naming both.
         """
         raw = meta.get("labels") if isinstance(meta, Mapping) else None

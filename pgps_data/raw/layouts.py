@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgps_data.dataset_json import channel_list, duplicates, read_dataset_json
 from pgps_data.errors import PGPSInputError
 from pgps_data.labels import Labels
-from pgps_data.raw.dataset_json import channel_list, duplicates, read_dataset_json
 from pgps_data.raw.entries import (
     check_case_id,
     dangling_folder,
