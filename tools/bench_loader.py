@@ -59,7 +59,8 @@ import bench_report  # noqa: E402
 import benchlib as bl  # noqa: E402
 
 from pgps_data import Curriculum, make_loader, open_store  # noqa: E402
-from pgps_data.loader.sampling import Sampler, forced_classes, plan_origins  # noqa: E402
+from pgps_data.labels import Labels  # noqa: E402
+from pgps_data.loader.sampling import Sampler, plan_origins  # noqa: E402
 from pgps_data.store.fastread import STATS  # noqa: E402
 
 FULL_PLAN = {"patch": (80, 160, 160), "pools": (4, 5, 5), "batch": 2}
@@ -118,7 +119,7 @@ def amplification(store_path: Path, cur: Curriculum, stage, steps: int) -> float
     same origins as a worker plans, read by the same ``Case.read_many``)."""
     store = open_store(store_path)
     sampler = Sampler(store.case_ids, cur, seed=0)
-    classes = forced_classes(store.labels, store.label_values)
+    classes = Labels.from_store(store).forced_classes()
     c = store.channels
     delivered = touched = 0
     for step in range(stage.start_iter, stage.start_iter + steps):
