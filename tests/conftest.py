@@ -61,3 +61,16 @@ def assert_same_store(a: Path, b: Path, *, atol: float = 0.0, same_meta: bool = 
                     np.testing.assert_allclose(pa[key], pb[key], rtol=1e-6)
                 else:
                     assert pa[key] == pb[key], key
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _python_ctrl_c() -> None:
+    """Ctrl-C as a Python program gets it, even under a launcher that ignores SIGINT.
+
+    A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored;
+    the Ctrl-C tests send SIGINT to this process and need Python's default handler.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

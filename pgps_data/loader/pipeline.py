@@ -118,7 +118,7 @@ class PGPSLoader:
         self.channels = store.channels
         self._next_step = 0
         self._it: Any = None  # the torchdata Loader's iterator while a stream runs
-        self._workers: CropWorkers | None = None
+        self._crop_workers: CropWorkers | None = None
         self._kept: list[dict[str, Any]] = []  # replay: the batches of the pass so far
         self._replaying: int | None = None  # replay: index of the next kept batch to yield
 
@@ -152,7 +152,7 @@ class PGPSLoader:
             self.close()
             raise
         except BaseException:
-            failure = self._workers.failure if self._workers is not None else None
+            failure = self._crop_workers.failure if self._crop_workers is not None else None
             self.close()
             if failure is not None:  # the worker's own line, not torchdata's re-raised text
                 raise failure from None
@@ -167,7 +167,7 @@ class PGPSLoader:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (empty before the first batch, after close)."""
-        return self._workers.worker_pids() if self._workers is not None else []
+        return self._crop_workers.worker_pids() if self._crop_workers is not None else []
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -200,11 +200,11 @@ class PGPSLoader:
     # -- the graph ----------------------------------------------------------------------
     def _start(self) -> None:
         requests = CropRequests(self.sampler, start=self._next_step)
-        self._workers = CropWorkers(
+        self._crop_workers = CropWorkers(
             requests, self.store, workers=self.workers, label_pad=self.label_pad,
             ring_bytes=ring_bytes(max_step_bytes(self.sampler, self.channels), self.workers))
-        self._workers.start()  # from this thread, before torchdata starts any of its own
-        node: BaseNode = StageBatcher(self._workers)
+        self._crop_workers.start()  # from this thread, before torchdata starts any of its own
+        node: BaseNode = StageBatcher(self._crop_workers)
         if self.pin_memory:
             node = PinMemory(node)
         node = Prefetcher(node, prefetch_factor=self.prefetch)
@@ -218,9 +218,9 @@ class PGPSLoader:
         on the graph gets StopIteration from it, and torchdata ends its threads when the
         graph is dropped here.
         """
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
+        if self._crop_workers is not None:
+            self._crop_workers.close()
+            self._crop_workers = None
         self._it = None
 
     def __del__(self) -> None:
