@@ -22,7 +22,7 @@ neighbour.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.losses import DiceLoss, MaskedDiceLoss
@@ -75,15 +75,8 @@ class RegionObjective(nn.Module):
         return label.long()
 
     def loss(self, outputs: Outputs, target: torch.Tensor) -> torch.Tensor:
-        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-        total = outputs[0].new_zeros(())
-        for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
-            if w == 0:
-                continue
-            tgt = target if out.shape[2:] == target.shape[2:] else _downsample(target, out)
-            regions, mask = self.regions(tgt)
-            total = total + w * region_loss(out.float(), regions, mask, self.smooth)
-        return total
+        return deep_supervised(outputs, target, lambda out, tgt: region_loss(
+            out, *self.regions(tgt), self.smooth))
 
     @torch.no_grad()
     def counts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -145,6 +138,20 @@ class LabelMap(nn.Module):
         return self.lut[label.long()]
 
 
+def deep_supervised(outputs: Sequence[torch.Tensor] | torch.Tensor, target: torch.Tensor,
+                    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """nnU-Net's deep-supervision sum: ``loss(output, target at its size)`` per output
+    (float32), weighted by :func:`deep_supervision_weights`, weight-0 outputs skipped."""
+    outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    total = outputs[0].new_zeros(())
+    for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
+        if w == 0:
+            continue
+        tgt = target if out.shape[2:] == target.shape[2:] else _downsample(target, out)
+        total = total + w * loss(out.float(), tgt)
+    return total
+
+
 def deep_supervision_weights(n: int) -> list[float]:
     """nnU-Net's weights: 1/2**i, the lowest resolution 0, normalised to sum 1."""
     if n == 1:
@@ -170,14 +177,7 @@ class SegLoss(nn.Module):
     def forward(self, outputs: Sequence[torch.Tensor] | torch.Tensor,
                 target: torch.Tensor) -> torch.Tensor:
         """``target`` (B, 1, Z, Y, X) long class indices at the outputs' resolution."""
-        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-        total = outputs[0].new_zeros(())
-        for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
-            if w == 0:
-                continue
-            tgt = target if out.shape[2:] == target.shape[2:] else _downsample(target, out)
-            total = total + w * self._one(out.float(), tgt)
-        return total
+        return deep_supervised(outputs, target, self._one)
 
     def _one(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target[:, 0], ignore_index=self.ignore_index)
