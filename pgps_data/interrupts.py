@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import TypeVar
 
-__all__ = ["Interrupted", "interrupts_as_exit", "workers_stopped_on_interrupt"]
+__all__ = ["Interrupted", "interrupts_as_exit", "raise_if_interrupted",
+           "workers_stopped_on_interrupt"]
 
 T = TypeVar("T")
 GRACE_S = 5.0  # seconds a worker gets to finish the case it is writing
+_pending: list[int] = []  # the exit status of a signal taken but not yet raised
 
 
 class Interrupted(KeyboardInterrupt):
@@ -52,24 +54,50 @@ def interrupts_as_exit(prog: str, message: str) -> Iterator[None]:
         return
     fired: list[int] = []
 
-    def handler(signum: int, frame) -> None:  # noqa: ANN001, ARG001
+    def handler(signum: int, frame) -> None:  # noqa: ANN001
         code = 128 + signum
         if fired:
             os.write(2, f"{prog}: {message}\n".encode())
             os._exit(fired[0])
         fired.append(code)
-        raise Interrupted(code)
+        _pending[:] = [code]
+        if not _in_finalizer(frame):
+            raise Interrupted(code)
+        # Python swallows (and prints) an exception raised inside a __del__ (the garbage
+        # collector ran one of a library's): the next raise_if_interrupted() raises it.
 
     saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _pending.clear()
     try:
         yield
+        raise_if_interrupted()  # a signal taken in a finalizer, with no check point after it
     except KeyboardInterrupt as exc:  # raised by a library before our handler was reached
         if isinstance(exc, Interrupted):
             raise
         raise Interrupted(128 + signal.SIGINT) from None
     finally:
+        _pending.clear()
         for sig, old in saved.items():
             signal.signal(sig, old)
+
+
+def raise_if_interrupted() -> None:
+    """Raise the :class:`Interrupted` of a signal whose handler could not raise it.
+
+    Long loops call this between items (cases): a signal that arrived while the garbage
+    collector ran a ``__del__`` is then honoured at the next item, not after the last.
+    """
+    if _pending and threading.current_thread() is threading.main_thread():
+        raise Interrupted(_pending.pop())
+
+
+def _in_finalizer(frame) -> bool:  # noqa: ANN001
+    """Whether ``frame`` runs inside a ``__del__`` (where a raised exception is lost)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pgps_data.console import progress_console
 from pgps_data.errors import PGPSInputError
+from pgps_data.interrupts import raise_if_interrupted
 
 
 @contextlib.contextmanager
@@ -75,6 +76,7 @@ def run_per_case(
         if pool is None:  # one worker: run in this process
             results = []
             for item in items:
+                raise_if_interrupted()
                 results.append(fn(*item))
                 progress.advance(bar)
             return results
@@ -161,6 +163,7 @@ class _Advance(Callback):
 
     def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
         self._advance_bar()
+        raise_if_interrupted()
 
 
 def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:  # noqa: ANN001
@@ -170,6 +173,7 @@ def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:
         futures = [client.submit(fn, *item, pure=False) for item in items]
         for _ in as_completed(futures):
             progress.advance(bar)
+            raise_if_interrupted()
         return client.gather(futures)
 
 

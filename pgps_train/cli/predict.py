@@ -38,7 +38,7 @@ import numpy as np
 
 from pgps_data.console import progress_console, protect_output
 from pgps_data.errors import PGPSInputError
-from pgps_data.interrupts import Interrupted, interrupts_as_exit
+from pgps_data.interrupts import Interrupted, interrupts_as_exit, raise_if_interrupted
 from pgps_data.raw.readers import file_ending, write_volume
 from pgps_train.devices import DEVICES, choose_device
 from pgps_train.predict_output import MANIFEST, OutputDir, check_locations, is_disk_full
@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         bar = _progress(todo, args.quiet)
         try:
             for i, (case_id, paths) in enumerate(bar):
+                raise_if_interrupted()
                 try:
                     _predict_one(inference, model, config, case_id, paths, names[case_id], out,
                                  args, device)
