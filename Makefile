@@ -34,6 +34,7 @@ bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_read.py
 	$(PY) tools/bench_convert.py
 	$(PY) tools/bench_loader.py
+	$(PY) tools/bench_augment.py
 
 clean:
 	rm -rf $(VENV) .venv-nnunet .pytest_cache .ruff_cache

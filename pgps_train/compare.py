@@ -1,7 +1,7 @@
 """`pgps-compare RUN_DIR ...`: the modes side by side, from the runs' summary.json files.
 
 One row per run: mode, wall time, share of the constant run's time, data-wait share,
-iterations, and the final validation Dice per label (source geometry), so the PGPS claim
+seconds of device-side augmentation, iterations, and the final validation Dice per label (source geometry), so the PGPS claim
 — baseline Dice in a fraction of the time — can be read off one table.
 """
 
@@ -45,6 +45,8 @@ def comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "compute_share_planned": s.get("compute_share_vs_constant"),
             "wait_share": s["wait_share"],
             # timed apart from the data wait (older summaries lack them: None)
+            "augment_s": s.get("seconds_augment"),
+            "augment": r["config"].get("augment", "none"),
             "validation_s": s.get("seconds_validation"),
             "checkpoint_s": s.get("seconds_checkpoint"),
             "startup_s": _sum_or_none(s.get("seconds_loader_startup"),
@@ -60,14 +62,14 @@ def print_comparison(rows: list[dict[str, Any]], title: str = "PGPS modes") -> N
 
     labels = list(dict.fromkeys(k for r in rows for k in r["dice"]))  # label order
     table = Table(title=title)
-    for col in ["mode", "wall time", "share of constant", "data wait", "validation",
+    for col in ["mode", "wall time", "share of constant", "data wait", "augment", "validation",
                 "checkpoints", "start-up", "iterations", *[f"{name} Dice" for name in labels]]:
         table.add_column(col, justify="left" if col == "mode" else "right")
     for r in rows:
         share = "-" if r["share_of_constant"] is None else f"{100 * r['share_of_constant']:.0f} %"
         dice = [("-" if r["dice"].get(k) is None else f"{r['dice'][k]:.3f}") for k in labels]
         secs = [("-" if r.get(k) is None else f"{r[k]:.1f} s")
-                for k in ("validation_s", "checkpoint_s", "startup_s")]
+                for k in ("augment_s", "validation_s", "checkpoint_s", "startup_s")]
         table.add_row(r["mode"], f"{r['seconds']:.0f} s", share,
                       f"{100 * r['wait_share']:.1f} %", *secs, str(r["iterations"]), *dice)
     Console(width=150).print(table)

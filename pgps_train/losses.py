@@ -193,8 +193,12 @@ class SegLoss(nn.Module):
 
 
 def _downsample(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour target for a lower-resolution head (as nnU-Net downsamples)."""
-    return F.interpolate(target.float(), size=like.shape[2:], mode="nearest").long()
+    """The target of a lower-resolution head, as nnU-Net's DownsampleSegForDSTransform
+    makes it: ``nearest-exact`` (output voxel i takes input floor((i + 0.5) * n / m)).
+
+    Plain ``nearest`` takes floor(i * n / m): half a voxel off at every halving, so a
+    coarse head was scored against a target shifted towards the origin."""
+    return F.interpolate(target.float(), size=like.shape[2:], mode="nearest-exact").long()
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ computing, waiting for data, validating, writing checkpoints and starting the lo
 resumed run first drops the rows written after its checkpoint, so both files read as one
 uninterrupted run. The summary's ``stages`` aggregates each stage this process ran: steps,
 seconds computing and waiting, mean step time, data-wait share and (on CUDA) the peak of
-``torch.cuda.max_memory_allocated`` during the stage.
+``torch.cuda.max_memory_allocated`` during the stage. Device-side augmentation is timed
+apart from compute (``seconds_augment``, per stage and in total).
 
 Timing is honest: "wait" is only the time a training step waited for its batch. The first
 batch of a process (starting the workers) is ``seconds_loader_startup``; validation,
@@ -33,7 +34,7 @@ from pgps_data.console import progress_console
 from pgps_data.schedule.curriculum import Curriculum, Stage
 
 # Phases timed apart from compute and data wait (summary.json: seconds_<name>)
-PHASES = ("validation", "validation_startup", "checkpoint", "loader_startup")
+PHASES = ("augment", "validation", "validation_startup", "checkpoint", "loader_startup")
 EVAL_FIELDS = ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
                "seconds_compute", "seconds_wait", *(f"seconds_{p}" for p in PHASES)]
 
@@ -97,10 +98,12 @@ class RunLog:
             print_table(cur, console=self.progress.console)
 
     def step(self, step: int, stage: Stage, loss: float, compute: float = 0.0,
-             wait: float = 0.0) -> None:
-        """Record one step: its loss, and its seconds computing and waiting for data."""
+             wait: float = 0.0, augment: float = 0.0) -> None:
+        """Record one step: its loss, and its seconds computing, waiting for data and
+        augmenting on the device (apart from compute)."""
         self._steps[1].writerow([step, stage.index, repr(loss)])
-        self._stage_stats(stage, compute, wait)
+        self._stage_stats(stage, compute, wait, augment)
+        self.timers.add("augment", augment)
         desc = (f"stage {stage.index + 1}/{len(self.cur.stages)} "
                 f"{'×'.join(map(str, stage.patch))} b={stage.batch}")
         self.progress.update(self.task, advance=1, description=desc, loss=f"{loss:.4f}")
@@ -137,14 +140,15 @@ class RunLog:
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats()
 
-    def _stage_stats(self, stage: Stage, compute: float, wait: float) -> None:
+    def _stage_stats(self, stage: Stage, compute: float, wait: float, augment: float) -> None:
         self.enter(stage)
         st = self.stages.setdefault(stage.index, {
             "patch": list(stage.patch), "batch": stage.batch, "steps": 0,
-            "seconds_compute": 0.0, "seconds_wait": 0.0})
+            "seconds_compute": 0.0, "seconds_wait": 0.0, "seconds_augment": 0.0})
         st["steps"] += 1
         st["seconds_compute"] += compute
         st["seconds_wait"] += wait
+        st["seconds_augment"] += augment
 
     def _close_stage(self) -> None:
         """Fold the CUDA peak since the stage began into its record (random mode revisits)."""
@@ -157,12 +161,14 @@ class RunLog:
         """Per stage: steps, seconds, mean step time, data-wait share, CUDA peak memory."""
         rows = []
         for k, st in sorted(self.stages.items()):
-            total = st["seconds_compute"] + st["seconds_wait"]
+            total = st["seconds_compute"] + st["seconds_wait"] + st["seconds_augment"]
             rows.append({"stage": k, **st,
                          "seconds_compute": round(st["seconds_compute"], 3),
                          "seconds_wait": round(st["seconds_wait"], 3),
+                         "seconds_augment": round(st["seconds_augment"], 3),
                          "seconds_per_step": round(total / max(st["steps"], 1), 5),
-                         "wait_share": round(st["seconds_wait"] / max(total, 1e-9), 4)})
+                         "wait_share": round(st["seconds_wait"] / max(total, 1e-9), 4),
+                         "augment_share": round(st["seconds_augment"] / max(total, 1e-9), 4)})
         return rows
 
     def flush(self) -> None:
@@ -189,7 +195,8 @@ class RunLog:
             "seconds_compute": round(t_compute, 2),
             "seconds_wait": round(t_wait, 2),
             **{f"seconds_{p}": round(v, 3) for p, v in self.timers.seconds.items()},
-            "wait_share": round(t_wait / max(t_compute + t_wait, 1e-9), 4),
+            "wait_share": round(t_wait / max(t_compute + t_wait + self.timers.seconds["augment"],
+                                             1e-9), 4),
             "iterations": self.cur.total_iterations,
             "compute_share_vs_constant": round(self.cur.compute_share(), 4),
             "last_eval": self.last_eval,

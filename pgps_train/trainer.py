@@ -38,6 +38,7 @@ from pgps_data.labels import Labels
 from pgps_data.loader.pipeline import make_validation_loader
 from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_data.store.splits import fold_cases, load_splits
+from pgps_train.augment.pipeline import augmentation_for
 from pgps_train.checkpoint import (
     FINAL,
     LATEST,
@@ -98,6 +99,9 @@ class TrainConfig:
     max_seconds: float | None = None  # stop (with a checkpoint) once the loop ran this long
     allow_incomplete: bool = False  # train on a store whose conversion did not finish
     preset: str | None = None  # recorded so a resume can check a --preset given again
+    augment: str = "nnunet"  # nnU-Net's default training transforms on the device, or "none"
+    augment_geometry: str = "stage"  # rotation range / dummy 2D / read box per stage or final
+    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001
@@ -161,7 +165,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
     epochs = cfg.epochs or len(Curriculum.from_steps(epochs=10**6, mode="efficiency",
                                                      **grid).patch_sizes)
     cur = Curriculum.from_steps(epochs=epochs, mode=cfg.mode, **grid)
-    loader = make_loader(store, cur, workers=cfg.workers, seed=cfg.seed, cases=train_ids)
+    augment_spec, augmenter = augmentation_for(cfg, store, labels)
+    loader = make_loader(store, cur, workers=cfg.workers, seed=cfg.seed, cases=train_ids,
+                         augment=augment_spec)
     val_loader = make_validation_loader(store, cur, val_ids, batches=cfg.eval_batches,
                                         workers=min(cfg.workers, 2), seed=cfg.seed + 1)
 
@@ -222,7 +228,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             step, stage = batch["step"], cur.stage_at(batch["step"])
             runlog.enter(stage)
             x = batch["image"].to(device, non_blocking=True)
-            y = objective.target(batch["label"].to(device, non_blocking=True))
+            values = batch["label"].to(device, non_blocking=True)
+            augment = 0.0
+            if augmenter is not None:  # float32, no grad, outside autocast; timed apart
+                t_aug = time.perf_counter()
+                x, values = augmenter(batch, x, values)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                augment = time.perf_counter() - t_aug
+            y = objective.target(values)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
                 outputs = net(x)
             loss = objective.loss(outputs, y)
@@ -235,8 +249,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             sched.step()
             loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
             t_end = time.perf_counter()
-            runlog.step(step, stage, loss_value, compute=t_end - t_got, wait=wait)
-            t_compute += t_end - t_got
+            runlog.step(step, stage, loss_value, compute=t_end - t_got - augment, wait=wait,
+                        augment=augment)
+            t_compute += t_end - t_got - augment
             done = step + 1
 
             if done % cfg.eval_every == 0 or done == total:

@@ -77,9 +77,10 @@ def test_region_loss_deep_supervision_downsamples_the_values() -> None:
     half, quarter = torch.randn(1, 2, 1, 2, 2), torch.randn(1, 2, 1, 1, 1)
     values = torch.randint(0, 5, (1, 1, 2, 4, 4))
     total = objective.loss([full, half, quarter], values)
-    # weights 1, 1/2, 0 normalised: 2/3, 1/3; the half head sees every other value
+    # weights 1, 1/2, 0 normalised: 2/3, 1/3; the half head sees every other value, the
+    # odd ones: nnU-Net's nearest-exact takes input floor((i + 0.5) * 2) = 2i + 1
     expected = (2 / 3 * objective.loss(full, values)
-                + 1 / 3 * objective.loss(half, values[:, :, ::2, ::2, ::2]))
+                + 1 / 3 * objective.loss(half, values[:, :, 1::2, 1::2, 1::2]))
     assert float(total) == pytest.approx(float(expected), rel=1e-6)
 
 

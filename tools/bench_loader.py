@@ -3,6 +3,7 @@
     python tools/bench_loader.py [--cases 16] [--size 120 240 240] [--workers 2]
                                  [--seconds 10] [--windows 3] [--quick] [--json]
                                  [--work DIR] [--skip-peers] [--with-peers] [--with-nnunet]
+                                 [--augment-only] [--augment-windows N]
 
 Data: a synthetic MSD task (``--cases`` of about ``--size`` voxels at the target spacing),
 converted once with the default codec and once with ``--codec none``, cached under
@@ -35,8 +36,17 @@ summed: the group's anonymous memory, the interpreter's copy-on-write pages coun
 Our loader's memory against MONAI's cache: workers' USS + the main process's USS growth
 ("ours MB", conservative: includes mapped shard pages), and the group's anonymous memory
 growth since the loader started ("ours anon").
+Augmentation boxes: at every stage of both schedules, ours (compressed store,
+``--workers`` processes) with nnU-Net's default spatial augmentation decided per slot
+(``make_loader(augment=AugmentSpec())``: unwarped slots read the final patch, the ~36 %
+warped ones the whole initial box) next to the same stage without augmentation, windows
+interleaved; both in Mvox/s of FINAL-size crops (batch x patch x channels per batch, the
+warped slots counted at the final size they become on the device), their ratio, the
+warped fraction seen, and the voxels read per final voxel that the geometry implies
+((1 - q) + q * |I| / |F|, q the warped fraction). ``--augment-only`` runs just this table.
 ``--quick``: 4 cases of (24, 48, 48), a small plan, 1-s windows, peers other than the
-memory-map limit only with ``--with-peers`` (CI smoke, < 60 s).
+memory-map limit only with ``--with-peers``, augmentation at the last stage of the
+performance schedule only (CI smoke, < 60 s).
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ import benchlib as bl  # noqa: E402
 from pgps_data import Curriculum, make_loader, open_store  # noqa: E402
 from pgps_data.labels import Labels  # noqa: E402
 from pgps_data.loader.sampling import Sampler, plan_origins  # noqa: E402
+from pgps_data.schedule.augment_geometry import AugmentSpec, geometry_of  # noqa: E402
 from pgps_data.store.fastread import STATS  # noqa: E402
 
 FULL_PLAN = {"patch": (80, 160, 160), "pools": (4, 5, 5), "batch": 2}
@@ -92,15 +103,28 @@ def _close(loader) -> None:
 
 
 def measure_ours(store_path: Path, cur: Curriculum, stage, workers: int, seconds: float,
-                 windows: int, warmup: float) -> dict:
-    """Our loader at ``stage``: rate, and its memory (main-process growth + workers)."""
+                 windows: int, warmup: float, augment: AugmentSpec | None = None,
+                 seen: list[int] | None = None) -> dict:
+    """Our loader at ``stage``: rate, and its memory (main-process growth + workers).
+
+    The rate counts the batch's final-size image voxels (``image`` is (B, C, *F) with or
+    without ``augment``); ``seen`` (if given) gains [warped slots, slots] of every batch.
+    """
     me = os.getpid()
     main_before = bl.memory([me])
-    loader = make_loader(open_store(store_path), cur, workers=workers, seed=0)
+    loader = make_loader(open_store(store_path), cur, workers=workers, seed=0, augment=augment)
     start_at(loader, stage.start_iter)
     it = iter(loader)
+
+    def one() -> int:
+        batch = next(it)
+        if seen is not None:
+            seen[0] += len(batch.get("warp_slots", ()))
+            seen[1] += batch["image"].shape[0]
+        return batch["image"].numel()
+
     try:
-        rates = bl.rate_windows(lambda: next(it)["image"].numel(), seconds, windows, warmup)
+        rates = bl.rate_windows(one, seconds, windows, warmup)
         pids = loader.worker_pids()
         main, work, group = bl.memory([me]), bl.memory(pids), bl.memory([me, *pids])
     finally:
@@ -133,6 +157,47 @@ def amplification(store_path: Path, cur: Curriculum, stage, steps: int) -> float
             touched += STATS["bytes_decoded"] + STATS["bytes_mapped"] - before
             delivered += len(req.slots) * int(np.prod(req.read_shape)) * (4 * c + 1)
     return round(touched / delivered, 2) if touched else None
+
+
+def augment_rows(store_path: Path, plan: dict, workers: int, seconds: float, windows: int,
+                 warmup: float, quick: bool) -> list[dict]:
+    """Final-size Mvox/s with and without the augmentation boxes, stage by stage (module doc)."""
+    spec = AugmentSpec()
+    rows = []
+    for mode in ("performance",) if quick else ("efficiency", "performance"):
+        cur = curriculum(plan, mode)
+        s = len(cur.stages)
+        for k in [s - 1] if quick else range(s):
+            st = cur.stages[k]
+            g = geometry_of(st.patch)
+            bl.log(f"augment {mode} stage {k}: patch {st.patch} box {g.initial} batch {st.batch}")
+            win: dict[str, list[float]] = {"plain": [], "aug": []}
+            seen = [0, 0]
+            args = (cur, st, workers, seconds, 1, warmup)
+            for _ in range(windows):  # interleaved: plain, augmented, plain, ...
+                win["plain"] += measure_ours(store_path, *args)["windows"]
+                win["aug"] += measure_ours(store_path, *args, augment=spec, seen=seen)["windows"]
+            plain, aug = (round(statistics.median(win[k]), 2) for k in ("plain", "aug"))
+            q = seen[0] / seen[1] if seen[1] else None
+            box = float(np.prod(g.initial)) / float(np.prod(st.patch))
+            rows.append({"mode": mode, "stage": k, "patch": "x".join(map(str, st.patch)),
+                         "batch": st.batch, "box": "x".join(map(str, g.initial)),
+                         "dummy_2d": g.dummy_2d, "plain": plain, "aug": aug,
+                         "ratio": bl.ratio(aug, plain),
+                         "warped": None if q is None else round(q, 3),
+                         "read_per_final": None if q is None else round(1 - q + q * box, 2),
+                         "box_ratio": round(box, 2), "windows": win})
+    return rows
+
+
+def print_augment(rows: list[dict], workers: int) -> None:
+    bl.table(f"augmentation boxes ({workers} workers, compressed store): Mvox/s of final-size "
+             "crops without and with nnU-Net's spatial draw per slot (warped slots read the "
+             "initial box |I|, the others the final patch |F|)",
+             [("mode", "mode", 11), ("stage", "st", 3), ("patch", "patch", 11),
+              ("batch", "batch", 5), ("box", "box I", 11), ("plain", "plain", 8),
+              ("aug", "augment", 8), ("ratio", "ratio", 6), ("warped", "warped", 6),
+              ("box_ratio", "|I|/|F|", 7), ("read_per_final", "read/F", 6)], rows)
 
 
 def stage_change(store_path: Path, plan: dict, workers: int, per_stage: int) -> list[dict]:
@@ -205,9 +270,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--with-peers", action="store_true", help="MONAI and TorchIO in --quick")
     p.add_argument("--with-nnunet", action="store_true", help="nnU-Net in --quick")
     p.add_argument("--memory-batches", type=int, default=400)
+    p.add_argument("--augment-only", action="store_true",
+                   help="only the augmentation-boxes table (ours, compressed store)")
+    p.add_argument("--augment-windows", type=int, default=None,
+                   help="windows per side in that table (default: --windows)")
     a = p.parse_args(argv)
     if a.quick:
         a.cases, a.size, a.seconds, a.windows, a.memory_batches = 4, [24, 48, 48], 1.0, 1, 40
+    if a.augment_windows is None:
+        a.augment_windows = a.windows
     return a
 
 
@@ -219,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     raw = bl.synth_raw(base / "raw" / "Task500_PGPSSynthetic", a.cases, a.size)
     cw = 1 if a.quick else a.workers  # building the cache, not a measurement: 1 is faster tiny
     comp = bl.cached_store(raw, base / "default.zarr", "default", cw)
+    if a.augment_only:
+        result = {"config": {**vars(a), "work": str(a.work), "plan": plan, "warmup": warmup},
+                  "machine_before": bl.machine_load(),
+                  "augment": augment_rows(comp, plan, a.workers, a.seconds, a.augment_windows,
+                                          warmup, a.quick),
+                  "machine_after": bl.machine_load()}
+        if a.json:
+            print(json.dumps(result, indent=1, default=str))
+        else:
+            print(f"{result['machine_before']} (start), {result['machine_after']} (end)")
+            print_augment(result["augment"], a.workers)
+        return 0
     none = bl.cached_store(raw, base / "none.zarr", "none", cw)
     with_peers = not a.skip_peers and (not a.quick or a.with_peers)
     files = bl.export_cases(none, base / "export", nifti=with_peers)
@@ -280,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     result["rows"] = rows
     del monai_ds
+    result["augment"] = augment_rows(comp, plan, a.workers, a.seconds, a.augment_windows,
+                                     warmup, a.quick)
     bl.log("stage change ...")
     result["stage_change"] = stage_change(comp, plan, a.workers, 8 if a.quick else 16)
     bl.log("memory on ~1 GB and ~10 GB stores ...")
@@ -296,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1, default=str))
     else:
         bench_report.report(result)
+        print_augment(result["augment"], a.workers)
     return 0
 
 

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+# isort: off
+import pgps_train  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads libgomp)
+# isort: on
 from pgps_data.raw.convert import convert
 from pgps_data.store.describe import describe, print_table
 from pgps_data.store.store import open_store

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: synth → convert → train constant, efficiency and performance on one CUDA GPU
-# (about 100 s of training each, autocast), then per stage: step time, data-wait share, peak
-# GPU memory. Meant for a machine with one NVIDIA H100/H200, Python 3.12 with PyTorch, and
+# (about 100 s of training each, autocast, nnU-Net's augmentation on the device), then per
+# stage: step time, data-wait share, augmentation share, peak GPU memory. Meant for a
+# machine with one NVIDIA H100/H200, Python 3.12 with PyTorch, and
 # no internet: our other dependencies come as wheels in .whl/ (tools/make_wheels.sh).
 # Whole script: under 8 minutes. Results under ${OUT:-/tmp/gpu_check}. See tools/GPU.md.
 #
@@ -135,12 +136,12 @@ for mode in modes:
           f"compute {s['seconds_compute']:.0f} s, data wait {100 * s['wait_share']:.1f} %"
           + (" (stopped by --max-seconds)" if "stopped_at_step" in s else ""))
     print(f"  {'stage':>5} {'patch':>14} {'batch':>6} {'steps':>6} {'ms/step':>8} "
-          f"{'wait %':>7} {'peak GiB':>9}")
+          f"{'wait %':>7} {'augment %':>10} {'peak GiB':>9}")
     for st in s["stages"]:
         peak = st.get("peak_memory_bytes")
         print(f"  {st['stage']:>5} {'x'.join(map(str, st['patch'])):>14} {st['batch']:>6} "
               f"{st['steps']:>6} {1000 * st['seconds_per_step']:>8.1f} "
-              f"{100 * st['wait_share']:>7.1f} "
+              f"{100 * st['wait_share']:>7.1f} {100 * st.get('augment_share', 0.0):>10.1f} "
               f"{'-' if peak is None else f'{peak / 2**30:.2f}':>9}")
 (root / "results.json").write_text(json.dumps(report, indent=1))
 print(f"\nresults: {root / 'results.json'}")

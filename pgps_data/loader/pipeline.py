@@ -10,6 +10,12 @@
     for batch in loader: ...     # image, label, step, stage, patch_size, case_ids, forced_fg
     state = loader.state_dict(); loader.load_state_dict(state)
 
+With ``augment=AugmentSpec()`` the spatial draw of every slot is made with its request
+(nnU-Net's default law) and crop origins place nnU-Net's initial box I; the ~64 % unwarped
+slots arrive as final-size rows of ``image``/``label``, the warped ones as whole boxes in
+``warp_image``/``warp_label`` (rows ``warp_slots``) with their ``warp_angles`` and
+``warp_scales``, for the device-side augmenter. Labels outside the case are then OUTSIDE.
+
 The request stream is a pure function of (seed, step), so the loader's state is just the
 next step: resuming replays nothing and reproduces the uninterrupted stream exactly. The
 workers are started once per stream (by the thread that first asks for a batch) and live
@@ -32,6 +38,7 @@ from pgps_data.loader.ring import request_layout
 from pgps_data.loader.sampling import CropRequest, Sampler
 from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_data.loader.workers import Crops, CropWorkers, ring_bytes
+from pgps_data.schedule.augment_geometry import OUTSIDE, AugmentSpec
 from pgps_data.schedule.curriculum import Curriculum
 from pgps_data.store.store import Store
 
@@ -53,6 +60,7 @@ def make_loader(
     prefetch: int = 2,
     pin_memory: bool | None = None,
     repeatable: bool = False,
+    augment: AugmentSpec | None = None,
 ) -> PGPSLoader:
     """A loader of curriculum-sized batches over ``cases`` (None = all training cases).
 
@@ -60,15 +68,22 @@ def make_loader(
     "probabilistic" (each crop forced with probability ``p``). ``margin`` reads a larger
     box for later spatial augmentation (the batch then carries ``read_size`` too).
     ``pin_memory`` defaults to CUDA availability. ``repeatable`` makes every ``iter()``
-    start again at step 0 (validation).
+    start again at step 0 (validation). ``augment`` (None: no augmentation, the stream of
+    every earlier run) draws nnU-Net's spatial augmentation per slot and reads accordingly
+    (module doc); it excludes ``margin``, and the label padding is then OUTSIDE.
     """
     case_ids = list(store.case_ids if cases is None else cases)
     bad = sorted(set(case_ids) - set(store.case_ids))
     if bad:
         hint = " (test cases are never used for training)" if set(bad) & set(store.test_ids) else ""
         raise PGPSInputError(f"{store.path}: no complete training case(s) {bad[:5]}{hint}")
+    if augment is not None:
+        if label_pad not in (0, OUTSIDE):
+            raise ValueError(f"with augment the label padding is OUTSIDE ({OUTSIDE}), "
+                             f"not {label_pad}")
+        label_pad = OUTSIDE
     sampler = Sampler(case_ids, curriculum, seed=seed, rank=rank, p=p,
-                      oversampling=oversampling, margin=margin)
+                      oversampling=oversampling, margin=margin, augment=augment)
     return PGPSLoader(store, sampler, workers=workers, label_pad=label_pad, prefetch=prefetch,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       repeatable=repeatable)
@@ -175,13 +190,14 @@ class PGPSLoader:
         return {"version": STATE_VERSION, "next_step": self._next_step, **self._identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at ``state``'s step; refused for another seed, curriculum or case list."""
+        """Continue at ``state``'s step; refused for another seed, curriculum, case list or
+        augmentation spec."""
         mine = self._identity()
-        for key in ("seed", "rank", "curriculum", "cases", "oversampling"):
-            if state.get(key) != mine[key]:
+        for key in ("seed", "rank", "curriculum", "cases", "oversampling", "augment"):
+            if state.get(key) != mine.get(key):
                 raise PGPSInputError(
-                    f"loader state: its {key} ({str(state.get(key))[:40]}) differs from this "
-                    f"loader's ({str(mine[key])[:40]}); a state only resumes the stream it came from"
+                    f"loader state: its {key} ({str(state.get(key))[:80]}) differs from this "
+                    f"loader's ({str(mine.get(key))[:80]}); a state only resumes the stream it came from"
                 )
         self.close()
         self._kept, self._replaying = [], None
@@ -195,6 +211,8 @@ class PGPSLoader:
             "curriculum": self.curriculum.fingerprint(),
             "cases": hashlib.sha256(json.dumps(s.case_ids).encode()).hexdigest()[:16],
             "oversampling": f"{s.oversampling}:{s.p}:{list(s.margin)}",
+            # only with augmentation, so the states of earlier runs stay as they were
+            **({} if s.augment is None else {"augment": s.augment.to_dict()}),
         }
 
     # -- the graph ----------------------------------------------------------------------
@@ -291,16 +309,32 @@ class StageBatcher(BaseNode[dict]):
 
     def _collate(self, parts: list[Crops]) -> dict[str, Any]:
         req0 = parts[0].request
-        b, shape, c = req0.batch, req0.read_shape, self.source.channels
+        b, c, geometry = req0.batch, self.source.channels, req0.geometry
+        shape = req0.read_shape if geometry is None else req0.patch
         image = np.empty((b, c, *shape), np.float32)
         label = np.empty((b, 1, *shape), np.uint8)
         case_ids: list[str] = [""] * b
         forced = np.zeros(b, bool)
         picked = np.full(b, -1, np.int64)
         origins = np.zeros((b, 3), np.int64)
+        if geometry is not None:
+            warp_slots = sorted(s for part in parts if part.request.warped
+                                for s in part.request.slots)
+            row = {s: k for k, s in enumerate(warp_slots)}
+            w = len(warp_slots)
+            w_image = np.empty((w, c, *geometry.initial), np.float32)
+            w_label = np.empty((w, 1, *geometry.initial), np.uint8)
+            angles = np.zeros((w, 3), np.float32)
+            scales = np.ones((w, 3), np.float32)
         for part in parts:  # in request order: the order their ring regions are released
-            self.source.copy_out(part, image, label)
             req = part.request
+            if req.warped:
+                rows = tuple(row[s] for s in req.slots)
+                self.source.copy_out(part, w_image, w_label, rows)
+                angles[list(rows)] = [d.angles for d in req.spatial]
+                scales[list(rows)] = [d.scales for d in req.spatial]
+            else:
+                self.source.copy_out(part, image, label)
             for j, slot in enumerate(req.slots):
                 case_ids[slot] = req.case_id
                 forced[slot] = req.forced[j]
@@ -319,19 +353,45 @@ class StageBatcher(BaseNode[dict]):
         }
         if any(req0.margin):
             batch["read_size"] = tuple(shape)
+        if geometry is not None:
+            image[warp_slots] = 0  # rows the augmenter fills from warp_image: defined values
+            label[warp_slots] = 0
+            centre = np.array([i // 2 - f // 2 for i, f in zip(geometry.initial, req0.patch)])
+            batch.update({
+                "origins": torch.from_numpy(origins + centre),  # of the final patch, as without
+                "box_origins": torch.from_numpy(origins),  # of the initial box
+                "warp_slots": torch.tensor(warp_slots, dtype=torch.int64),
+                "warp_image": torch.from_numpy(w_image),
+                "warp_label": torch.from_numpy(w_label),
+                "warp_angles": torch.from_numpy(angles),
+                "warp_scales": torch.from_numpy(scales),
+                "dummy_2d": geometry.dummy_2d,
+                "initial_size": tuple(geometry.initial),
+            })
         return batch
 
 
 def max_step_bytes(sampler: Sampler, channels: int) -> int:
-    """The largest step payload of the schedule (sizes the ring)."""
+    """The largest step payload of the schedule (sizes the ring).
+
+    With augmentation: a step whose every slot is warped (every crop reads the initial
+    box), each crop aligned alone (a case's crops come as up to two requests, each aligned).
+    Sizing for that worst case keeps the ring's guarantee (two steps fit, whatever their
+    split into requests, so dispatch never waits on itself); it costs |I|/|F| (~4.6 in 3D)
+    times the memory of a step without augmentation, ~2.3x of what a typical step uses.
+    """
     cur = sampler.curriculum
     sizes = [(s.batch, s.patch) for s in cur.stages]
     sizes += [(cur.final_batch, p) for p in cur.patch_sizes]
     best = 0
     for b, patch in sizes:
-        shape = tuple(int(p) + 2 * m for p, m in zip(patch, sampler.margin))
-        img, lab = request_layout(int(b), channels, shape)
-        best = max(best, img + lab)
+        patch = tuple(int(p) for p in patch)
+        if sampler.augment is None:
+            shape = tuple(p + 2 * m for p, m in zip(patch, sampler.margin))
+            best = max(best, sum(request_layout(int(b), channels, shape)))
+        else:
+            box = sampler.geometry(patch).initial
+            best = max(best, int(b) * sum(request_layout(1, channels, box)))
     return best
 
 

@@ -12,6 +12,13 @@ journal's case grouping for journal-2025 performance mode (B cases; the first
 round(B * (1 - p)) give random crops, the others forced crops; the b crops split as evenly
 as possible, extra crops to the forced cases); or, optionally, each crop forced with
 probability p.
+
+With spatial augmentation (:class:`~pgps_data.schedule.augment_geometry.AugmentSpec`),
+each slot's spatial draw (rotate? scale? angles, factor) is made here too, keyed by
+(seed, 0, step, global slot) and never by worker, because it decides what is read: crop
+origins place nnU-Net's initial box I (its loader's rule); a warped slot reads that whole
+box, an unwarped one only the final patch at its centre. A case's crops then become at most
+two requests (plain, warped), so every request keeps one read shape.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pgps_data.schedule.augment_geometry import AugmentSpec, Geometry, SpatialDraw, draw_spatial
 from pgps_data.schedule.curriculum import Curriculum
 from pgps_data.schedule.oversampling import case_grouping, forced_slots
 
 OVERSAMPLING = ("auto", "slot", "case_grouping", "probabilistic")
 _CASE_STREAM = 0x0CA5E  # keeps the case-choice draws apart from the crop draws
 _CROP_STREAM = 0xC209
+_SPATIAL_STREAM = 0x5BA7  # the spatial augmentation draws (module doc)
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,36 @@ class CropRequest:
     parts: int = 1  # requests in this step
     batch: int = 1  # crops in this step
     margin: tuple[int, int, int] = (0, 0, 0)
+    # With augmentation: the slot's geometry (its initial box places the crop origins),
+    # whether these crops are warped (read the whole box) and each crop's spatial draw.
+    geometry: Geometry | None = None
+    warped: bool = False
+    spatial: tuple[SpatialDraw, ...] = ()
+
+    @property
+    def box(self) -> tuple[int, int, int]:
+        """The box the origin rule places: nnU-Net's initial patch, else the patch."""
+        return self.patch if self.geometry is None else self.geometry.initial
+
+    @property
+    def read_offset(self) -> tuple[int, int, int]:
+        """Start of the box read, relative to a crop's origin (of :attr:`box`).
+
+        Without augmentation: minus the margin. With it: 0 for warped crops (the whole
+        box), floor(I/2) - F//2 for the others (bgv2's centre crop of the box).
+        """
+        if self.geometry is None:
+            return tuple(-m for m in self.margin)  # type: ignore[return-value]
+        if self.warped:
+            return (0, 0, 0)
+        return tuple(i // 2 - f // 2 for i, f in zip(self.box, self.patch))  # type: ignore
 
     @property
     def read_shape(self) -> tuple[int, int, int]:
-        """The box actually read: the patch plus the margin on both sides."""
+        """The box actually read: the patch plus the margin on both sides; with
+        augmentation the initial box (warped) or the patch."""
+        if self.geometry is not None:
+            return self.box if self.warped else self.patch
         return tuple(p + 2 * m for p, m in zip(self.patch, self.margin))  # type: ignore
 
 
@@ -65,6 +100,7 @@ class Sampler:
         p: float = 0.5,
         oversampling: str = "auto",
         margin: Sequence[int] = (0, 0, 0),
+        augment: AugmentSpec | None = None,
     ):
         if not case_ids:
             raise ValueError("the sampler needs at least one case")
@@ -77,6 +113,10 @@ class Sampler:
         self.p = float(p)
         self.oversampling = curriculum.oversampling if oversampling == "auto" else oversampling
         self.margin = tuple(int(m) for m in margin)
+        if augment is not None and any(self.margin):
+            raise ValueError("margin and augment are exclusive (augment reads nnU-Net's box)")
+        self.augment = augment
+        self._geometries: dict[tuple[int, ...], Geometry] = {}
 
     def requests(self, step: int) -> list[CropRequest]:
         """The requests of one step, in batch order (slot 0 first)."""
@@ -100,6 +140,8 @@ class Sampler:
                 slots.append(j)
                 forced.append(bool(forced_of[j]))
             groups = [(c, s, f) for c, (s, f) in by_case.items()]
+        if self.augment is not None:
+            return self._augmented(step, stage.index, tuple(stage.patch), b, groups)
         return [
             CropRequest(
                 case_id=case,
@@ -116,6 +158,43 @@ class Sampler:
                 margin=self.margin,
             )
             for i, (case, slots, forced) in enumerate(groups)
+        ]
+
+    def geometry(self, patch: tuple[int, ...]) -> Geometry:
+        """The augmentation geometry of a stage patch (cached; needs ``augment``)."""
+        g = self._geometries.get(patch)
+        if g is None:
+            g = self._geometries[patch] = self.augment.geometry_for(  # type: ignore[union-attr]
+                patch, self.curriculum.final_patch)
+        return g
+
+    def spatial_draw(self, step: int, slot: int, geometry: Geometry) -> SpatialDraw:
+        """Slot ``slot``'s spatial draw: keyed by (seed, 0, step, global slot), where the
+        global slot is rank * batch + slot, so it never depends on the worker."""
+        b = self.curriculum.stage_at(step).batch
+        rng = np.random.default_rng([self.seed, 0, step, self.rank * b + slot, _SPATIAL_STREAM])
+        return draw_spatial(rng, geometry, self.augment)
+
+    def _augmented(self, step: int, stage: int, patch: tuple[int, ...], b: int,
+                   groups: list[tuple[str, list[int], list[bool]]]) -> list[CropRequest]:
+        """Each case's crops split into a plain and a warped request (either may be absent)."""
+        geometry = self.geometry(patch)
+        draws = [self.spatial_draw(step, j, geometry) for j in range(b)]
+        split = []
+        for case, slots, forced in groups:
+            for warped in (False, True):
+                mine = [k for k, j in enumerate(slots) if draws[j].warped == warped]
+                if mine:
+                    split.append((case, [slots[k] for k in mine], [forced[k] for k in mine],
+                                  warped))
+        return [
+            CropRequest(
+                case_id=case, step=step, stage=stage, patch=patch,  # type: ignore[arg-type]
+                slots=tuple(slots), forced=tuple(forced), seed=self.seed, rank=self.rank,
+                part=i, parts=len(split), batch=b, geometry=geometry, warped=warped,
+                spatial=tuple(draws[j] for j in slots),
+            )
+            for i, (case, slots, forced, warped) in enumerate(split)
         ]
 
     def _draw_case(self, step: int, k: int) -> str:
@@ -141,6 +220,11 @@ def plan_origins(
 ) -> tuple[list[tuple[int, int, int]], list[int]]:
     """Crop origins (of the patch, not the margin) and the class index picked per crop.
 
+    With augmentation (``request.geometry``) the origins are those of the initial box I,
+    by nnU-Net's ``get_bbox`` exactly: need_to_pad n = I - F, raised to I - S where the
+    case is smaller than I; random origins uniform in [(-n)//2, S + n//2 + n%2 - I];
+    forced ones max((-n)//2, voxel - I//2). Without it (unchanged, every existing run):
+
     nnU-Net's loader rule: with the patch P and the case shape S, a random crop's origin
     is uniform in [-pad//2, S + pad//2 + pad%2 - P] where pad = max(P - S, 0); a forced
     crop picks a class uniformly among those present and centres on one of its stored
@@ -150,8 +234,14 @@ def plan_origins(
     reported as its index into ``locations`` (-1 for an unforced crop).
     """
     patch = request.patch
-    pad = [max(p - s, 0) for p, s in zip(patch, shape)]
-    lbs = [-(n // 2) for n in pad]
+    if request.geometry is None:
+        pad = [max(p - s, 0) for p, s in zip(patch, shape)]
+        lbs = [-(n // 2) for n in pad]
+    else:  # nnU-Net's get_bbox on the initial box (module doc of plan_origins)
+        box = request.box
+        pad = [i - f if i - f + s >= i else i - s for i, f, s in zip(box, patch, shape)]
+        lbs = [(-n) // 2 for n in pad]
+        patch = box
     ubs = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, pad, patch)]
     classes = list(locations)
     eligible = [i for i, c in enumerate(classes) if len(locations[c]) > 0]

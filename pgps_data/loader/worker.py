@@ -50,8 +50,9 @@ class CropReader:
     def read(self, request: CropRequest, ring: Any, offset: int
              ) -> tuple[list[tuple[int, int, int]], list[int]]:
         """Read ``request``'s crops into ``ring`` at ``offset``: images float32
-        (n, C, *shape), then labels uint8 (n, *shape). Returns the crop origins and the
-        class index picked per crop (-1: not forced)."""
+        (n, C, *shape), then labels uint8 (n, *shape) with ``shape`` its read shape.
+        Returns the crop origins (of the request's box: the initial box with
+        augmentation) and the class index picked per crop (-1: not forced)."""
         case = self.store[request.case_id]
         # The locations per class are kept with the case, so the store's case cache is the
         # only cache of cases (store.CASE_CACHE).
@@ -63,7 +64,8 @@ class CropReader:
         img_bytes, _ = request_layout(n, case.channels, shape)
         out_image = ring.view(offset, np.dtype(np.float32), (n, case.channels, *shape))
         out_label = ring.view(offset + img_bytes, np.dtype(np.uint8), (n, *shape))
-        starts = [tuple(o - m for o, m in zip(org, request.margin)) for org in origins]
+        offset3 = request.read_offset  # -margin; with augmentation 0 or floor(I/2) - F//2
+        starts = [tuple(o + d for o, d in zip(org, offset3)) for org in origins]
         case.read_many(starts, shape, out_image=out_image, out_label=out_label,
                        label_pad=self.label_pad)
         return origins, picked

@@ -198,25 +198,28 @@ class CropWorkers(BaseNode[Crops]):
                 if self._closed:
                     raise StopIteration
 
-    def copy_out(self, crops: Crops, image: np.ndarray, label: np.ndarray) -> None:
+    def copy_out(self, crops: Crops, image: np.ndarray, label: np.ndarray,
+                 rows: tuple[int, ...] | None = None) -> None:
         """Copy ``crops`` into batch arrays ``image`` (B, C, ...) and ``label`` (B, 1, ...)
-        at the request's slots, then release its ring region (in request order)."""
+        at ``rows`` (default: the request's slots), then release its ring region (in
+        request order)."""
         with self._lock:
             if self._closed:
                 raise StopIteration  # the loader closed meanwhile: no ring left to read
             req = crops.request
+            rows = req.slots if rows is None else tuple(rows)
             n, shape = len(req.slots), req.read_shape
             img_bytes, _ = request_layout(n, self.channels, shape)
             src_img = self._ring.view(crops.offset, np.dtype(np.float32),
                                       (n, self.channels, *shape))
             src_lab = self._ring.view(crops.offset + img_bytes, np.dtype(np.uint8), (n, *shape))
-            first = req.slots[0]
-            if req.slots == tuple(range(first, first + n)):  # contiguous: one block copy
+            first = rows[0]
+            if rows == tuple(range(first, first + n)):  # contiguous: one block copy
                 image[first:first + n] = src_img
                 label[first:first + n, 0] = src_lab
             else:
-                image[list(req.slots)] = src_img
-                label[list(req.slots), 0] = src_lab
+                image[list(rows)] = src_img
+                label[list(rows), 0] = src_lab
             del src_img, src_lab  # no view may outlive the lock (close unmaps)
             self._ring.release(crops.offset)
 

@@ -23,6 +23,7 @@ from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_data.schedule.curriculum import MODES, RULES
+from pgps_train.augment.choices import AUGMENTS, GEOMETRIES
 from pgps_train.devices import DEVICES
 from pgps_train.interrupts import Interrupted
 from pgps_train.planning import NETWORKS
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-budget", type=int, metavar="V",
                    help="plan the patch from the median case within V voxels (default 2**21)")
     g.add_argument("--nnunet-plans", metavar="FILE", help="take 3d_fullres's patch from FILE")
+    p.add_argument("--augment", choices=AUGMENTS,
+                   help="nnunet (default): nnU-Net 2.8.1's default training transforms, run "
+                   "batched on the training device; none: the crops as read")
+    p.add_argument("--augment-geometry", choices=GEOMETRIES,
+                   help="stage (default): rotation range, dummy-2D rule and the enlarged read "
+                   "box follow each stage's patch, as nnU-Net and the PGPS trainers do; final: "
+                   "frozen at the final patch")
+    p.add_argument("--mirror-axes", nargs="*", type=int, choices=(0, 1, 2), metavar="AXIS",
+                   help="axes mirrored with p 0.5 each (default 0 1 2; leave out an axis whose "
+                   "labels are lateralised; none given: no mirroring)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations-per-epoch", type=int)
     p.add_argument("--batch", type=int)
@@ -96,6 +107,8 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
         values["fold"] = int(values["fold"])
     if values.get("patch") is not None:
         values["patch"] = list(values["patch"])
+    if values.get("mirror_axes") is not None:
+        values["mirror_axes"] = sorted(set(values["mirror_axes"]))
     return values
 
 
@@ -119,6 +132,8 @@ def resume_config(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
     from pgps_train.trainer import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
+    if "augment" not in saved:  # a run from before augmentation: it resumes as it started
+        saved = {**saved, "augment": "none"}
     return TrainConfig(**resumed_values(saved, explicit_values(args), names, args.out))
 
 

@@ -1,0 +1,1 @@
+"""nnU-Net's default training augmentation, batched on the training device (torch)."""
