@@ -218,3 +218,32 @@ def confusion_counts(logits: torch.Tensor, target: torch.Tensor, num_classes: in
         out[k - 1, 1] = (p & ~t).sum()
         out[k - 1, 2] = (~p & t).sum()
     return out
+
+
+@torch.no_grad()
+def downsample_targets(label: torch.Tensor,
+                       scales: Sequence[Sequence[float] | float]) -> list[torch.Tensor]:
+    """nnU-Net's deep-supervision targets (bgv2 DownsampleSegForDSTransform), batched.
+
+    ``label`` (B, K, *F); one tensor per entry of ``scales`` (full resolution first in
+    nnU-Net's lists): the label itself where every factor is 1, else ``nearest-exact`` to
+    ``round(n·s)`` per axis (Python's round, half to even, as bgv2), in ``label``'s dtype.
+    The training loss takes each head's size instead (:func:`_downsample`, the same
+    interpolation; the network's lattice makes the two sizes equal); this list form is
+    nnU-Net's, for comparisons with its pipeline (tools/bench_augment.py).
+    """
+    spatial = tuple(label.shape[2:])
+    out: list[torch.Tensor] = []
+    as_float = None
+    for s in scales:
+        factors = tuple(s) if isinstance(s, (tuple, list)) else (s,) * len(spatial)
+        if len(factors) != len(spatial):
+            raise ValueError(f"downsample_targets: scale {s} for {len(spatial)} axes")
+        if all(f == 1 for f in factors):
+            out.append(label)
+            continue
+        size = [round(n * f) for n, f in zip(spatial, factors)]
+        if as_float is None:
+            as_float = label.to(torch.float32)
+        out.append(F.interpolate(as_float, size=size, mode="nearest-exact").to(label.dtype))
+    return out

@@ -18,7 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pgps_train import losses
 from pgps_train.augment import spatial as sp
+from pgps_train.augment.mirroring import mirror
 
 OUT = 255
 BOX3, PATCH3 = (35, 51, 42), (16, 32, 32)  # nnU-Net's box of 16x32x32: odd, odd, even margins
@@ -263,7 +265,7 @@ def test_line_phantom_follows_its_image_through_warp_and_mirror(axis):
     assert np.allclose(w_img[0, 0].numpy(), expect, atol=1e-4)
     assert np.allclose(w_img[0, 1].numpy(), -expect.astype(np.float32), atol=1e-4)
     flips = torch.tensor([[axis == 0, axis != 0, True]])
-    m_img, m_lab = sp.mirror(w_img, w_lab, flips)
+    m_img, m_lab = mirror(w_img, w_lab, flips)
     dims = [d for d in range(3) if flips[0, d]]
     assert np.array_equal(m_lab[0, 0].numpy(), np.flip(expect, dims))
     assert torch.equal(m_img[0, 0].round().to(torch.uint8), m_lab[0, 0])
@@ -338,7 +340,7 @@ def test_mirror_matches_bgv2():
     g = torch.Generator().manual_seed(2)
     image = torch.randn(8, 2, 6, 7, 9, generator=g)
     label = torch.randint(0, 5, (8, 1, 6, 7, 9), generator=g, dtype=torch.uint8)
-    out_img, out_lab = sp.mirror(image, label, flips)
+    out_img, out_lab = mirror(image, label, flips)
     t = MirrorTransform(allowed_axes=(0, 1, 2))
     for b in range(8):
         axes = [a for a in range(3) if flips[b, a]]
@@ -353,12 +355,12 @@ def test_mirror_groups_leave_inputs_alone():
     label = torch.randint(0, 9, (7, 1, 4, 5, 6), generator=g, dtype=torch.uint8)
     before = image.clone(), label.clone()
     none = torch.zeros(7, 3, dtype=torch.bool)
-    assert sp.mirror(image, label, none)[0] is image  # nothing flipped: nothing copied
+    assert mirror(image, label, none)[0] is image  # nothing flipped: nothing copied
     for rows in ([2], [0, 3, 6], list(range(7))):  # mostly unflipped, some, all
         flips = torch.zeros(7, 3, dtype=torch.bool)
         for r in rows:
             flips[r] = torch.tensor([r % 2 == 0, r % 3 == 0, True])
-        out_img, out_lab = sp.mirror(image, label, flips)
+        out_img, out_lab = mirror(image, label, flips)
         for b in range(7):
             dims = [a + 1 for a in range(3) if flips[b, a]]
             assert torch.equal(out_img[b], image[b].flip(dims) if dims else image[b])
@@ -375,7 +377,7 @@ def test_downsample_targets_match_bgv2():
     scales = [[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125], 0.125]
     g = torch.Generator().manual_seed(3)
     label = torch.randint(0, 4, (3, 1, 20, 36, 30), generator=g, dtype=torch.uint8)
-    out = sp.downsample_targets(label, scales)
+    out = losses.downsample_targets(label, scales)
     assert out[0] is label
     assert out[3].shape[2:] == (5, 4, 4) and out[4].shape[2:] == (2, 4, 4)  # round half to even
     t = DownsampleSegForDSTransform(ds_scales=scales)
@@ -401,11 +403,11 @@ def test_cuda_matches_cpu():
     flips = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.bool)
     image = torch.randn(2, 1, 4, 5, 6)
     label = torch.randint(0, 3, (2, 1, 4, 5, 6), dtype=torch.uint8)
-    cpu = sp.mirror(image, label, flips)
-    gpu = sp.mirror(image.to(dev), label.to(dev), flips.to(dev))  # flips on the device
+    cpu = mirror(image, label, flips)
+    gpu = mirror(image.to(dev), label.to(dev), flips.to(dev))  # flips on the device
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
-    gpu = sp.mirror(image.to(dev), label.to(dev), flips)  # flips on the host: grouped
+    gpu = mirror(image.to(dev), label.to(dev), flips)  # flips on the host: grouped
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
-    on_gpu = sp.downsample_targets(label.to(dev), [1, 0.5])
-    for c, g in zip(sp.downsample_targets(label, [1, 0.5]), on_gpu):
+    on_gpu = losses.downsample_targets(label.to(dev), [1, 0.5])
+    for c, g in zip(losses.downsample_targets(label, [1, 0.5]), on_gpu):
         assert torch.equal(g.cpu(), c)

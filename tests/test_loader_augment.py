@@ -14,7 +14,8 @@ import torch
 
 from pgps_data import Curriculum, make_loader, open_store
 from pgps_data.errors import PGPSInputError
-from pgps_data.loader.pipeline import make_validation_loader, max_step_bytes
+from pgps_data.loader.batching import max_step_bytes
+from pgps_data.loader.pipeline import make_validation_loader
 from pgps_data.loader.sampling import CropRequest, Sampler, plan_origins
 from pgps_data.schedule.augment_geometry import OUTSIDE, AugmentSpec, geometry_of
 from tests.loader_store import build_store

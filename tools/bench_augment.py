@@ -10,7 +10,7 @@ leaves the case. Per row, 3 rounds interleaved:
 * ours: ``BatchAugmenter`` in this process with ``torch.set_num_threads(2)``, on batches
   built as the loader delivers them (``draw_spatial`` keyed by slot; warped slots: the
   box, the others: the centre crop floor(I/2) - F//2 of the box) plus the deep-supervision
-  targets (``spatial.downsample_targets``). The timed region includes building the batch.
+  targets (``losses.downsample_targets``). The timed region includes building the batch.
 * nnU-Net direct: ``get_training_transforms`` applied per sample as
   ``nnUNetDataLoader.generate_train_batch`` does, in the peer's process (1 core);
 * nnU-Net shipped: the same loader under ``NonDetMultiThreadedAugmenter`` with 2
@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+import pgps_train  # noqa: F401  (before torch loads: OpenMP waits passively, as in training)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -197,7 +199,7 @@ class Ours:
 
     def step(self, step: int) -> float:
         """One batch: build, augment, deep-supervision targets; seconds in the augmenter."""
-        from pgps_train.augment.spatial import downsample_targets
+        from pgps_train.losses import downsample_targets
 
         batch, image, label = self.batch(step)
         t0 = time.perf_counter()

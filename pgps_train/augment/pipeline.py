@@ -27,6 +27,7 @@ import torch
 
 from pgps_data.schedule.augment_geometry import OUTSIDE
 from pgps_train.augment import intensity, spatial
+from pgps_train.augment.mirroring import mirror
 from pgps_train.augment.params import draw_intensity, stack_draws
 
 _AUGMENT_STREAM = 0xA06  # keeps these draws apart from the loader's case, crop and spatial draws
@@ -62,7 +63,7 @@ class BatchAugmenter:
             p = stack_draws(draws, device)
             image = intensity.apply_all(image, p, dummy_2d=bool(batch.get("dummy_2d", False)))
             flips = torch.tensor([d.mirror for d in draws], dtype=torch.bool).reshape(-1, 3)
-            image, label = spatial.mirror(image, label, flips)  # host flags: no device sync
+            image, label = mirror(image, label, flips)  # host flags: no device sync
             if self.mask_channels:
                 image = intensity.mask_outside(image, label, self.mask_channels, OUTSIDE)
             label = intensity.remove_outside(label, OUTSIDE)

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["affine_matrices", "warp", "centre_crop", "mirror", "downsample_targets"]
+__all__ = ["affine_matrices", "warp", "centre_crop"]
 
 _SCORE = 1000.0  # bgv2's scale_factor: indicator × 1000, scores compared in float16
 _CHUNK_CHANNELS = 8  # channels resampled per grid_sample call (image and scores stacked) ...
@@ -376,73 +376,3 @@ def centre_crop(box: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
     index = [slice(None), slice(None)]
     index += [slice(n // 2 - p // 2, n // 2 - p // 2 + p) for n, p in zip(box_shape, patch)]
     return box[tuple(index)]
-
-
-@torch.no_grad()
-def mirror(image: torch.Tensor, label: torch.Tensor,
-           flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """nnU-Net's MirrorTransform per sample: flip spatial axis a of sample b where flips[b, a].
-
-    ``image`` (B, C, Z, Y, X), ``label`` (B, K, Z, Y, X), ``flips`` bool (B, 3); the inputs
-    are not modified. With ``flips`` on the CPU (the host knows the draws): the samples are
-    grouped by flip pattern (≤ 8) and each group is selected, flipped over all its axes at
-    once and copied back — every sample moves about three times, however many axes it flips,
-    and there is no device sync (the group indices go to the device). With ``flips`` on an
-    accelerator: per axis one flip of the batch and a ``torch.where`` on the selected
-    samples, sync-free (the whole batch moves ~2× per axis, which is bandwidth there). Flips
-    commute, so both equal bgv2's single ``torch.flip`` over the chosen axes.
-    """
-    if flips.shape != (image.shape[0], 3):
-        raise ValueError(f"mirror: flips {tuple(flips.shape)} must be (B, 3)")
-    flips = flips.to(torch.bool)
-    if flips.device.type != "cpu":
-        for axis in range(3):
-            column = flips[:, axis].to(image.device)
-            dim = axis + 2
-            image = torch.where(column.view(-1, *[1] * (image.ndim - 1)), image.flip(dim), image)
-            label = torch.where(column.view(-1, *[1] * (label.ndim - 1)), label.flip(dim), label)
-        return image, label
-    code = (flips.to(torch.int64) * torch.tensor([1, 2, 4])).sum(1)
-    counts = torch.bincount(code, minlength=8).tolist()
-    if counts[0] == len(code):
-        return image, label
-    keep = 2 * counts[0] > len(code)  # mostly unflipped: copy all, then overwrite the flipped
-    outs = [t.clone() if keep else torch.empty_like(t) for t in (image, label)]
-    order = torch.argsort(code, stable=True)
-    start = 0
-    for pattern, n in enumerate(counts):
-        rows, start = order[start:start + n], start + n
-        if n == 0 or (keep and pattern == 0):
-            continue
-        rows = rows.to(image.device)
-        dims = [a + 2 for a in range(3) if pattern >> a & 1]
-        for src, dst in zip((image, label), outs):
-            part = src.index_select(0, rows)
-            dst.index_copy_(0, rows, part.flip(dims) if dims else part)
-    return outs[0], outs[1]
-
-
-@torch.no_grad()
-def downsample_targets(label: torch.Tensor,
-                       scales: Sequence[Sequence[float] | float]) -> list[torch.Tensor]:
-    """nnU-Net's deep-supervision targets (bgv2 DownsampleSegForDSTransform), batched.
-
-    ``label`` (B, K, *F); one tensor per entry of ``scales`` (full resolution first in
-    nnU-Net's lists): the label itself where every factor is 1, else ``nearest-exact`` to
-    ``round(n·s)`` per axis (Python's round, half to even, as bgv2), in ``label``'s dtype.
-    """
-    spatial = tuple(label.shape[2:])
-    out: list[torch.Tensor] = []
-    as_float = None
-    for s in scales:
-        factors = tuple(s) if isinstance(s, (tuple, list)) else (s,) * len(spatial)
-        if len(factors) != len(spatial):
-            raise ValueError(f"downsample_targets: scale {s} for {len(spatial)} axes")
-        if all(f == 1 for f in factors):
-            out.append(label)
-            continue
-        size = [round(n * f) for n, f in zip(spatial, factors)]
-        if as_float is None:
-            as_float = label.to(torch.float32)
-        out.append(F.interpolate(as_float, size=size, mode="nearest-exact").to(label.dtype))
-    return out
