@@ -179,15 +179,25 @@ def brightness(image: torch.Tensor, apply: torch.Tensor, factor: torch.Tensor) -
     return image
 
 
+def _channel_rows(image: torch.Tensor,
+                  apply: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (B*C, voxels) view of ``image`` and the indices of its selected (b, c) rows, or
+    None when ``apply`` selects none (the per-channel statistics transforms start so)."""
+    _check(image)
+    rows = _rows(image, apply)
+    if rows.numel() == 0:
+        return None
+    return image.view(image.shape[0] * image.shape[1], -1), rows
+
+
 def contrast(image: torch.Tensor, apply: torch.Tensor, factor: torch.Tensor, *,
              preserve_range: bool = True) -> torch.Tensor:
     """bgv2 ContrastTransform: x -> (x - mean) * factor + mean per selected (b, c), the mean, min
     and max over the whole patch of that channel; ``preserve_range`` clamps back to [min, max]."""
-    _check(image)
-    rows = _rows(image, apply)
-    if rows.numel() == 0:
+    selected = _channel_rows(image, apply)
+    if selected is None:
         return image
-    flat = image.view(image.shape[0] * image.shape[1], -1)
+    flat, rows = selected
     sub = flat[rows]
     m = _per_row(factor, rows, 1)
     mean = sub.mean(dim=1, keepdim=True)
@@ -205,11 +215,10 @@ def gamma(image: torch.Tensor, apply: torch.Tensor, gamma: torch.Tensor, invert:
     (invert) -> rescale to [0, 1] by min/max (range clamped at 1e-7) -> power gamma -> back to
     [min, max] -> restore the mean and (unbiased) std measured before (std clamped at 1e-7) ->
     (invert back). Statistics are over the whole patch of that channel."""
-    _check(image)
-    rows = _rows(image, apply)
-    if rows.numel() == 0:
+    selected = _channel_rows(image, apply)
+    if selected is None:
         return image
-    flat = image.view(image.shape[0] * image.shape[1], -1)
+    flat, rows = selected
     x = flat[rows]
     g = _per_row(gamma, rows, 1)
     if invert:
