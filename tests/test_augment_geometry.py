@@ -167,7 +167,16 @@ def test_spec_round_trip_and_validation() -> None:
     assert AugmentSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec != AugmentSpec()
     assert AugmentSpec().p_warp == pytest.approx(0.36)
-    assert spec.geometry_for((16, 32, 32), (80, 160, 160)) == geometry_of((80, 160, 160))
+    # "final": the final patch's dummy-2D decision and rotation range, the stage's own box
+    assert spec.geometry_for((16, 32, 32), (80, 160, 160)) == geometry_of((16, 32, 32))
+    frozen = spec.geometry_for((16, 32, 32), (40, 224, 192))  # 3D alone, dummy 2D at the end
+    assert geometry_of((16, 32, 32)).dummy_2d is False
+    assert frozen.dummy_2d is True and frozen.patch == (16, 32, 32)
+    assert frozen.rotation == geometry_of((40, 224, 192)).rotation
+    assert frozen.initial == (16, 37, 37)  # axis 0 kept, the in-plane ±180° box of 32×32
+    back = spec.geometry_for((8, 32, 32), (80, 160, 160))  # dummy 2D alone, 3D at the end
+    assert geometry_of((8, 32, 32)).dummy_2d is True and back.dummy_2d is False
+    assert back.rotation == geometry_of((80, 160, 160)).rotation and back.initial[0] > 8
     assert AugmentSpec().geometry_for((16, 32, 32), (80, 160, 160)) == geometry_of((16, 32, 32))
     for bad in ({"geometry": "per_stage"}, {"p_rotation": 1.5}, {"scaling": (1.4, 0.7)}):
         with pytest.raises(ValueError):

@@ -201,15 +201,18 @@ def test_all_warped_and_none_warped_streams(store) -> None:
     assert max_step_bytes(sampler, 1) >= box > 2 * plain
 
 
-def test_final_geometry_freezes_the_box_but_not_the_patch(store) -> None:
-    cur = _cur(mode="efficiency", epochs=6, patch=(8, 24, 24))
-    final = geometry_of((8, 24, 24))
-    patches = set()
+def test_final_geometry_freezes_the_rotation_law_but_not_the_patch(store) -> None:
+    cur = _cur(mode="efficiency", epochs=8, patch=(8, 32, 32))  # dummy 2D from 8x32x24 on
+    final = geometry_of((8, 32, 32))
+    patches, decisions = set(), set()
     for b in make_loader(store, cur, workers=0, seed=0, augment=AugmentSpec(geometry="final")):
-        assert b["initial_size"] == final.initial
+        stage = geometry_of(b["patch_size"], dummy_2d=final.dummy_2d)
+        assert b["initial_size"] == stage.initial and b["dummy_2d"] == final.dummy_2d
         assert tuple(b["image"].shape[2:]) == b["patch_size"]
         patches.add(b["patch_size"])
-    assert len(patches) == len(cur.stages) == 6
+        decisions.add(geometry_of(b["patch_size"]).dummy_2d)
+    assert len(patches) == len(cur.stages) == 8
+    assert decisions == {True, False}  # "stage" would have switched the rotation law
 
 
 def test_state_identity_includes_the_spec(store) -> None:

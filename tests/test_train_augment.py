@@ -50,8 +50,8 @@ def _run(cfg: TrainConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return summary, calls
 
 
-def _cfg(store: Path, out: Path, **kw: Any) -> TrainConfig:
-    return TrainConfig(store=str(store), out=str(out), mode="performance", patch=PATCH,
+def _cfg(store: Path, out: Path, patch: list[int] = PATCH, **kw: Any) -> TrainConfig:
+    return TrainConfig(store=str(store), out=str(out), mode="performance", patch=patch,
                        epochs=0, iterations_per_epoch=2, batch=2, workers=1, eval_every=10**9,
                        eval_batches=1, save_every=10**9, device="cpu", fold="all",
                        final_eval=False, quiet=True, net_kwargs=tiny_kwargs("unet"), **kw)
@@ -76,6 +76,17 @@ def test_augmented_run_records_and_times_augmentation_apart(tiny_store: Path,
     plain, calls = _run(_cfg(tiny_store, tmp_path / "none", augment="none"))
     assert calls[0]["augment"] is None and plain["seconds_augment"] == 0.0
     assert all(st["seconds_augment"] == 0.0 for st in plain["stages"])
+
+
+def test_final_geometry_trains_where_the_dummy_2d_decision_changes(tiny_store: Path,
+                                                                   tmp_path: Path) -> None:
+    """8×16×16 is 3D to nnU-Net, its first stage 2×4×4 is too, but a final 4×16×16 is dummy
+    2D: with "final" every stage warps in-plane with a box that keeps the stage's axis 0
+    (reading the final patch's box here crashed: axis 0 of 4×19×19 is not the stage's 2)."""
+    summary, calls = _run(_cfg(tiny_store, tmp_path / "d2", augment_geometry="final",
+                               patch=[4, 16, 16]))
+    assert calls[0]["augment"] == AugmentSpec(geometry="final")
+    assert summary["seconds_augment"] > 0 and len(summary["stages"]) > 2
 
 
 def test_cli_flags_and_an_old_run_resumes_without_augmentation(tiny_store: Path,

@@ -49,18 +49,21 @@ class Geometry:
     initial: tuple[int, int, int]  # the enlarged box nnU-Net's loader reads
 
 
-def geometry_of(patch: Sequence[int]) -> Geometry:
+def geometry_of(patch: Sequence[int], dummy_2d: bool | None = None) -> Geometry:
     """nnU-Net's dummy-2D switch, rotation range and initial patch for a 3D ``patch``.
 
     The initial patch is ``get_patch_size``: the patch's extent vector rotated about axis
     0, 1 and 2 in turn by the largest |angle| of the range (clipped to 90 degrees), the
     element-wise max of the absolute results and the patch, divided by 0.85 and truncated;
-    in dummy 2D axis 0 is then reset to the patch's.
+    in dummy 2D axis 0 is then reset to the patch's. ``dummy_2d`` given overrides nnU-Net's
+    switch (``--augment-geometry final``: the final patch's decision, and the rotation
+    range that follows from it, for every stage).
     """
     p = tuple(int(v) for v in patch)
     if len(p) != 3 or min(p) < 1:
         raise ValueError(f"a 3D patch of positive sizes is needed, not {tuple(patch)}")
-    dummy_2d = bool(max(p) / p[0] > ANISO_THRESHOLD)
+    if dummy_2d is None:
+        dummy_2d = bool(max(p) / p[0] > ANISO_THRESHOLD)
     rotation = _ROT_2D if dummy_2d else _ROT_3D
     angle = min(_ROT_CLIP, float(max(np.abs(rotation))))
     coords = np.array(p)
@@ -115,7 +118,8 @@ class AugmentSpec:
 
     ``geometry``: "stage" recomputes :func:`geometry_of` at every stage's patch (what the
     PGPS authors' trainers do, by rebuilding nnU-Net's loader per stage); "final" freezes
-    it at the curriculum's final patch (the crops are still the stage's patch).
+    the dummy-2D decision and the rotation range at the curriculum's final patch (the crops
+    are still the stage's patch, read from the box that range needs around it).
     The probabilities and the scaling range are nnU-Net's defaults.
     """
 
@@ -138,8 +142,16 @@ class AugmentSpec:
         object.__setattr__(self, "p_scaling", float(self.p_scaling))
 
     def geometry_for(self, patch: Sequence[int], final_patch: Sequence[int]) -> Geometry:
-        """The Geometry a stage with ``patch`` uses under this spec."""
-        return geometry_of(patch if self.geometry == "stage" else final_patch)
+        """The Geometry a stage with ``patch`` uses under this spec.
+
+        "final" takes the final patch's dummy-2D decision and rotation range; the enlarged
+        box is still the one that range needs around this stage's patch (the final patch's
+        box would read up to 30x the voxels an early stage needs, and in dummy 2D its axis 0
+        would not be the stage's).
+        """
+        if self.geometry == "stage":
+            return geometry_of(patch)
+        return geometry_of(patch, dummy_2d=geometry_of(final_patch).dummy_2d)
 
     @property
     def p_warp(self) -> float:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment-geometry", choices=GEOMETRIES,
                    help="stage (default): rotation range, dummy-2D rule and the enlarged read "
                    "box follow each stage's patch, as nnU-Net and the PGPS trainers do; final: "
-                   "frozen at the final patch")
+                   "the final patch's dummy-2D decision and rotation range for every stage")
     p.add_argument("--mirror-axes", nargs="*", type=int, choices=(0, 1, 2), metavar="AXIS",
                    help="axes mirrored with p 0.5 each (default 0 1 2; leave out an axis whose "
                    "labels are lateralised; none given: no mirroring)")
