@@ -93,7 +93,7 @@ class StageBatcher(BaseNode[dict]):
         if geometry is not None:
             image[warp_slots] = 0  # rows the augmenter fills from warp_image: defined values
             label[warp_slots] = 0
-            centre = np.array([i // 2 - f // 2 for i, f in zip(geometry.initial, req0.patch)])
+            centre = np.array(geometry.centre)
             batch.update({
                 "origins": torch.from_numpy(origins + centre),  # of the final patch, as without
                 "box_origins": torch.from_numpy(origins),  # of the initial box

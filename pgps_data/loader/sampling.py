@@ -76,7 +76,7 @@ class CropRequest:
             return tuple(-m for m in self.margin)  # type: ignore[return-value]
         if self.warped:
             return (0, 0, 0)
-        return tuple(i // 2 - f // 2 for i, f in zip(self.box, self.patch))  # type: ignore
+        return self.geometry.centre
 
     @property
     def read_shape(self) -> tuple[int, int, int]:

@@ -48,6 +48,12 @@ class Geometry:
     rotation: tuple[float, float]  # radians: (-pi, pi) in dummy 2D, (-pi/6, pi/6) in 3D
     initial: tuple[int, int, int]  # the enlarged box nnU-Net's loader reads
 
+    @property
+    def centre(self) -> tuple[int, int, int]:
+        """Where the patch starts inside the box when it is not warped: floor(I/2) - F//2
+        per axis (bgv2's centre crop; the loader reads unwarped slots there)."""
+        return tuple(i // 2 - f // 2 for i, f in zip(self.initial, self.patch))  # type: ignore
+
 
 def geometry_of(patch: Sequence[int], dummy_2d: bool | None = None) -> Geometry:
     """nnU-Net's dummy-2D switch, rotation range and initial patch for a 3D ``patch``.
