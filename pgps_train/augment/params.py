@@ -108,7 +108,7 @@ class IntensityBatch:
     gamma_invert_value: torch.Tensor
     gamma: torch.Tensor
     gamma_value: torch.Tensor
-    mirror: torch.Tensor              # bool (B, 3)
+    mirror: torch.Tensor              # bool (B, 3), on the host (mirroring groups by it, no sync)
 
 
 def _uniform(u: float, lo: float, hi: float) -> float:
@@ -183,7 +183,8 @@ def draw_intensity(rng: np.random.Generator, channels: int, dummy_2d: bool,
 
 
 def stack_draws(draws: Sequence[IntensityDraw], device: torch.device | str = "cpu") -> IntensityBatch:
-    """Stack B draws (all with the same channel count) into an :class:`IntensityBatch` on ``device``."""
+    """Stack B draws (all with the same channel count) into an :class:`IntensityBatch` on
+    ``device`` (the mirror flags stay on the host)."""
     if len(draws) == 0:
         raise ValueError("stack_draws needs at least one draw")
     if len({len(d.blur) for d in draws}) != 1:
@@ -204,4 +205,4 @@ def stack_draws(draws: Sequence[IntensityDraw], device: torch.device | str = "cp
         lowres=b("lowres"), lowres_scales=f("lowres_scales"),
         gamma_invert=b("gamma_invert"), gamma_invert_value=f("gamma_invert_value"),
         gamma=b("gamma"), gamma_value=f("gamma_value"),
-        mirror=b("mirror"))
+        mirror=torch.tensor([d.mirror for d in draws], dtype=torch.bool))

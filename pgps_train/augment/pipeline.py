@@ -55,15 +55,14 @@ class BatchAugmenter:
         of the warped rows; returns the augmented pair (label: outside → background)."""
         device = image.device
         with torch.autocast(device.type, enabled=False):
+            dummy_2d = bool(batch.get("dummy_2d", False))
             image, label = self._spatial(batch, image.float(), label, device)
-            draws = [draw_intensity(self.rng(batch["step"], slot), self.channels,
-                                    bool(batch.get("dummy_2d", False)),
+            draws = [draw_intensity(self.rng(batch["step"], slot), self.channels, dummy_2d,
                                     mirror_axes=self.mirror_axes)
                      for slot in range(image.shape[0])]
             p = stack_draws(draws, device)
-            image = intensity.apply_all(image, p, dummy_2d=bool(batch.get("dummy_2d", False)))
-            flips = torch.tensor([d.mirror for d in draws], dtype=torch.bool).reshape(-1, 3)
-            image, label = mirror(image, label, flips)  # host flags: no device sync
+            image = intensity.apply_all(image, p, dummy_2d=dummy_2d)
+            image, label = mirror(image, label, p.mirror)  # host flags: no device sync
             if self.mask_channels:
                 image = intensity.mask_outside(image, label, self.mask_channels, OUTSIDE)
             label = intensity.remove_outside(label, OUTSIDE)
