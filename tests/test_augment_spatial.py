@@ -164,43 +164,77 @@ def shortcut_cases():
     yield "lone", img[None], to_u8(lab)[None], m, (18, 30, 30), False
 
 
-def test_cpu_shortcuts_are_bit_identical(monkeypatch):
-    """Packing the mixed-cell points, chunking the channel stack, splitting a lone sample
-    over threads: none may change a bit against one channel per call, scored everywhere."""
+def one_map_per_label(label, grid, outside=OUT):
+    """bgv2's label path written plainly: one ``grid_sample`` of indicator × 1000 per label
+    value (``outside``: (indicator − 1) × 1000, plus 1000), float16 scores, first label in
+    bgv2's order (outside, then ascending) on a tie, then the nearest-neighbour tie-break."""
+    values = sorted(set(label.unique().tolist()) | {outside}, key=lambda v: (v != outside, v))
+    x = label.float()
+    scores = {}
+    for v in values:
+        ind = (x == v).float()
+        src = (ind - 1) * 1000 if v == outside else ind * 1000
+        score = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if v == outside:
+            score = score + 1000
+        scores[v] = score.half()
+    stack = torch.stack([scores[v] for v in values])  # (L, W, K, *points)
+    first = stack.float().argmax(0)  # argmax returns the first maximal index: bgv2's '>'
+    padded_nn = F.grid_sample(torch.where(x == outside, -1.0, x), grid, mode="nearest",
+                              padding_mode="zeros", align_corners=False)
+    # zeros padding reads 0 beyond the box; bgv2's −1 padding: mark those by a second read
+    inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)
+    nn = torch.where(inside == 0, -1.0, padded_nn)
+    nn_idx = torch.stack([torch.where(nn == (-1 if v == outside else v), 1, 0)
+                          for v in values]).argmax(0)
+    top = stack.gather(0, first[None])[0]
+    nn_score = stack.gather(0, nn_idx[None])[0]
+    pick = torch.where(nn_score == top, nn_idx, first)
+    return torch.tensor(values, dtype=torch.uint8)[pick]
+
+
+def test_label_paths_are_bit_identical():
+    """The corner scorer, packed (CPU default), scored everywhere (the accelerator path) and
+    with pixels derived from the grid, against one grid_sample per label: every bit."""
+    from pgps_train.augment.label_resampling import resample_labels
+
     threads = torch.get_num_threads()
-    paths = set()
+    names = []
     try:
         for name, image, label, m, patch, dummy in shortcut_cases():
-            torch.set_num_threads(2)
-            fast = sp.warp(image, label, m, patch, dummy)
-            grid = (sp._grid(m[:, 1:, 1:], image.shape[3:], patch[1:]) if dummy
-                    else sp._grid(m, image.shape[2:], patch))
-            flat = label.reshape(label.shape[0], -1, *label.shape[-2:]) if dummy else label
-            mixed = (sp._cell_labels(flat, grid, OUT) < 0).any(1).float().mean(1).max().item()
-            paths.add("packed" if mixed <= sp._PACK_BELOW else "full")
-            torch.set_num_threads(1)
-            with monkeypatch.context() as mp:
-                mp.setattr(sp, "_PACK_BELOW", 0.0)
-                mp.setattr(sp, "_CHUNK_CHANNELS", 1)
-                slow = sp.warp(image, label, m, patch, dummy)
-            assert torch.equal(fast[0], slow[0]), name
-            assert torch.equal(fast[1], slow[1]), name
+            for n_threads in (2, 1):
+                torch.set_num_threads(n_threads)
+                _, fast = sp.warp(image, label, m, patch, dummy)
+                if dummy:
+                    plane = m[:, 1:, 1:]
+                    grid = sp._grid(plane, image.shape[3:], patch[1:])
+                    flat = label.reshape(label.shape[0], -1, *label.shape[-2:])
+                else:
+                    grid = sp._grid(m, image.shape[2:], patch)
+                    flat = label
+                ref = one_map_per_label(flat, grid).reshape(fast.shape)
+                assert torch.equal(fast, ref), (name, n_threads)
+                everywhere = resample_labels(flat, grid, OUT, pack=False).reshape(fast.shape)
+                assert torch.equal(everywhere, ref), name
+                derived = resample_labels(flat, grid, OUT, pack=True).reshape(fast.shape)
+                assert torch.equal(derived, ref), name
+            names.append(name)
     finally:
         torch.set_num_threads(threads)
-    assert paths == {"packed", "full"}  # both label paths were compared
+    assert {"noisy-False", "noisy-True", "lone", "two-channels-True"} <= set(names)
 
 
-def test_cell_labels_are_the_warped_labels_where_cells_agree():
+def test_pixel_rows_are_the_grids_source_pixels():
     img, lab = smooth_case(BOX3, 9)
-    label = to_u8(lab)[None]
-    m = sp.affine_matrices(torch.tensor([[0.3, 0.2, -0.5]]), torch.full((1, 3), 1.3), False)
-    grid = sp._grid(m, BOX3, PATCH3)
-    cells = sp._cell_labels(label, grid, OUT).reshape(PATCH3)
-    _, out = sp.warp(img[None], label, m, PATCH3, False)
-    agree = cells >= 0
-    assert 0.5 < agree.float().mean() < 1  # a zoom-out with a border: both kinds of points
-    assert torch.equal(out[0, 0][agree], cells[agree].to(torch.uint8))
-    assert (cells[agree] == OUT).any() and (cells[agree] != OUT).any()
+    m = sp.affine_matrices(torch.tensor([[0.3, 0.2, -0.5], [0.0, 0.1, 0.4]]),
+                           torch.tensor([[1.3] * 3, [0.8] * 3]), False)
+    grid = sp._grid(m, BOX3, PATCH3).reshape(2, -1, 3)
+    rows = sp.pixel_rows(m, BOX3, PATCH3)
+    for a, n in enumerate(BOX3):
+        exact = ((grid[..., 2 - a] + 1) * n - 1) / 2
+        assert (rows[a] - exact).abs().max() < 1e-3
+        assert exact.min() < 0 or exact.max() > n - 1  # the zoom-out leaves the box
 
 
 def test_centre_crop_is_bgv2s_unwarped_path():

@@ -3,11 +3,10 @@
 nnU-Net warps one sample at a time on the CPU (``SpatialTransform`` as configured in
 ``get_training_transforms``). Here the same geometry runs once over the *warp group*, the
 samples of a batch whose rotation or scaling fired, with one batched grid, so the cost does
-not grow with a Python loop over samples. The image channels and one score channel per
-label value present are stacked and resampled together, a few channels per ``grid_sample``
-call (the coordinate and weight work is shared by the channels, and each channel's result
-is bit-identical to a call of its own). The unwarped samples never come here: the loader
-reads their final patch at nnU-Net's integer centre (:func:`centre_crop` is that rule).
+not grow with a Python loop over samples: the image channels in one ``grid_sample`` call,
+the labels from the corners of each point (:mod:`.label_resampling`). The unwarped
+samples never come here: the loader reads their final patch at nnU-Net's integer centre
+(:func:`centre_crop` is that rule).
 
 Conventions (all as bgv2 0.3.6 with ``random_crop=False``, ``align_corners=False``):
 
@@ -20,41 +19,30 @@ Conventions (all as bgv2 0.3.6 with ``random_crop=False``, ``align_corners=False
 * labels: bgv2's one-hot linear interpolation with ``border_mode_seg='constant'`` and
   ``padding_value_seg=-1`` (nnU-Net's value for voxels outside the case). Our labels are
   uint8 and ``outside`` (255) plays −1 everywhere: it pads the box, competes as a label
-  (ordered first, where −1 sorts in bgv2), and stays ``outside`` in the output. Scores are
-  ``grid_sample`` of indicator × 1000 cast to float16 (the float16 spacing collapses near
-  ties into exact ties, as bgv2 relies on); the running argmax keeps the first label on a
-  tie and then ``seg_tiebreak='nearest'`` gives a tied voxel to its nearest-neighbour label
-  when that label holds the top score.
+  (ordered first, where −1 sorts in bgv2), and stays ``outside`` in the output; the
+  scores, float16 ties and nearest-neighbour tie-break are bgv2's, computed from the
+  corners of each point (:func:`~pgps_train.augment.label_resampling.resample_labels`).
 * dummy 2D (nnU-Net: ``max(patch)/patch[0] > 3``): each axis-0 slice of a sample gets the
   same 2D warp of that sample (bgv2's Convert3DTo2D + 2D SpatialTransform), done as 2D
   ``grid_sample`` over (W, C·Z, Y, X) with one grid per sample.
 
 Everything runs in float32 (grids included: a float16 grid is ~0.1 voxel off at 257
-voxels) under ``torch.no_grad()``, with the same results on CPU torch and CUDA. Three CPU
-shortcuts change only the cost: labels are scored only at output points whose input cell
-mixes labels (:func:`_cell_labels`), a lone sample's points are split over the threads
-(:func:`_sample`), and the score stack's buffer is reused (:func:`_scratch`). On an
+voxels) under ``torch.no_grad()``, with the same results on CPU torch and CUDA. Two CPU
+shortcuts change only the cost: labels are scored only where a point's corners disagree,
+and a lone sample's points are split over the threads (:func:`_sample`). On an
 accelerator they would cost a host sync or buy nothing, so there everything is scored.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import threading
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from pgps_train.augment.label_resampling import resample_labels
+
 __all__ = ["affine_matrices", "warp", "centre_crop"]
-
-_SCORE = 1000.0  # bgv2's scale_factor: indicator × 1000, scores compared in float16
-_CHUNK_CHANNELS = 8  # channels resampled per grid_sample call (image and scores stacked) ...
-_CHUNK_BYTES = 256 << 20  # ... and at most this much float32 input per call (≥ 1 channel)
-_PACK_BELOW = 0.5  # CPU: score labels only at mixed-cell points when under this fraction
-_SCRATCH = threading.local()  # CPU: the reused input buffer of the score stack
-
 
 def _rotations(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bgv2's Rx, Ry, Rz (rotations in the planes of axes (1,2), (0,2), (0,1)), batched."""
@@ -123,46 +111,25 @@ def _grid(matrices: torch.Tensor, box: Sequence[int], patch: Sequence[int]) -> t
     return grid.reshape(w, *patch, d)
 
 
-def _reaches_outside(grid: torch.Tensor, box: Sequence[int]) -> bool:
-    """Whether a bilinear kernel of ``grid`` reads past the box (pixel < 0 or > N−1).
-
-    bgv2 adds the padding label to the argmax only then (``_may_reach_outside``); adding it
-    when it is not needed changes nothing (its score is ~0 everywhere), so the exact
-    per-axis bound here and bgv2's min-over-axes bound decide the same labels.
-    """
-    bound = torch.tensor([1.0 - 1.0 / n for n in reversed(box)], device=grid.device)
-    return bool((grid.abs().amax(dim=tuple(range(grid.ndim - 1))) > bound).any())
-
-
-def _label_order(label: torch.Tensor, grid: torch.Tensor, box: Sequence[int],
-                 outside: int) -> list[int]:
-    """The labels scored, in bgv2's order: ``outside`` first (−1 sorts first in bgv2, which
-    matters for first-wins ties) when present or reached, then the values present, ascending."""
-    counts = torch.bincount(label.reshape(-1), minlength=256).tolist()
-    present = [v for v in range(256) if counts[v] and v != outside]
-    order = [outside] if (counts[outside] or _reaches_outside(grid, box)) else []
-    return order + present
-
-
-def _chunks(count: int, channel_bytes: int) -> list[range]:
-    """Consecutive channel groups of at most ``_CHUNK_CHANNELS`` channels and (unless one
-    channel alone is larger) ``_CHUNK_BYTES`` of float32 input per ``grid_sample`` call."""
-    size = max(1, min(_CHUNK_CHANNELS, _CHUNK_BYTES // max(1, channel_bytes)))
-    return [range(s, min(s + size, count)) for s in range(0, count, size)]
-
-
-def _scratch(shape: tuple, device: torch.device) -> torch.Tensor:
-    """A float32 work buffer. On the CPU one per thread, kept and reused (the largest chunk
-    seen, ≤ ``_CHUNK_BYTES`` unless one channel is larger): a fresh buffer this size comes
-    from mmap, and faulting its pages in costs about as much as filling it."""
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=torch.float32, device=device)
-    n = math.prod(shape)
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.numel() < n:
-        _SCRATCH.buf = None  # free the old buffer before allocating the larger one
-        buf = _SCRATCH.buf = torch.empty(n, dtype=torch.float32)
-    return buf[:n].view(shape)
+def pixel_rows(matrices: torch.Tensor, box: Sequence[int],
+               patch: Sequence[int]) -> list[torch.Tensor]:
+    """Per box axis, the (W, P) source pixel coordinates ``A·(o − (F−1)/2) + (N−1)/2`` of
+    the patch points, built by broadcasting (the identity grid is an outer sum of one
+    line per axis), so each axis is one contiguous row. Within float error of
+    :func:`_grid`'s values, which is all the label path's cell search needs."""
+    w, d = matrices.shape[0], len(box)
+    dev = matrices.device
+    m = matrices.to(torch.float32)
+    lines = [torch.linspace((1 - n) / 2, (n - 1) / 2, n, device=dev) for n in patch]
+    rows = []
+    for a in range(d):
+        acc = torch.full((w, *[1] * d), (box[a] - 1) / 2, device=dev)
+        for b, line in enumerate(lines):
+            shape = [1] * (d + 1)
+            shape[1 + b] = len(line)
+            acc = acc + m[:, a, b].view(w, *[1] * d) * line.view(shape)
+        rows.append(acc.reshape(w, -1))
+    return rows
 
 
 def _sample(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -181,153 +148,6 @@ def _sample(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> 
                         padding_mode="zeros", align_corners=False)
     out = out.reshape(parts, c, m).transpose(0, 1).reshape(c, -1)[:, :n]
     return out.reshape(1, c, *grid.shape[1:-1])
-
-
-def _cell_labels(label: torch.Tensor, grid: torch.Tensor, outside: int) -> torch.Tensor:
-    """(W, K, P) int16: per output point the label of its bilinear cell (2^d input voxels,
-    ``outside`` beyond the box) where all corners agree, else −1.
-
-    Where they agree bgv2's answer is that label (its score ≈ 1000, every other ≈ 0: no tie
-    for the tie-break to settle). The cell is found from the grid in float32 here, which
-    may differ from ``grid_sample``'s own arithmetic where a coordinate lies within float
-    error of a voxel centre — but then the corners on the far side of that centre weigh
-    ~1e-5, so the heavy corners are shared by both cells and the answer is the same.
-    """
-    (w, k), box, d = label.shape[:2], label.shape[2:], grid.shape[-1]
-    value = F.pad(label, (1, 1) * d, value=outside)
-    same = None
-    for axis in range(2, 2 + d):  # separably: a cell is uniform if its two halves are and agree
-        n = value.shape[axis] - 1
-        lo = value.narrow(axis, 0, n)
-        agree = lo == value.narrow(axis, 1, n)
-        if same is not None:
-            agree &= same.narrow(axis, 0, n) & same.narrow(axis, 1, n)
-        same, value = agree, lo
-    index = None  # flat cell index per point; grid axis a is box axis d − 1 − a
-    for a, n in enumerate(reversed(box)):
-        x = grid[..., a].reshape(w, -1) * (n / 2)  # pixel coordinate − (n − 1)/2
-        x = x.add_((n - 1) / 2 + 1).floor_().clamp_(0, n).to(torch.int64)
-        x *= math.prod(m + 1 for m in box[d - a:])
-        index = x if index is None else index.add_(x)
-    index = index[:, None].expand(w, k, -1)
-    cells = value.reshape(w, k, -1).gather(2, index).to(torch.int16)
-    return cells.masked_fill_(~same.reshape(w, k, -1).gather(2, index), -1)
-
-
-def _pack(mixed: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The grid points where ``mixed`` (W, P), packed per sample to the left of a
-    (W, 1[, 1], M, d) grid (M: the largest count; padding points at 0), with their
-    (sample, point) and (sample, slot) coordinates."""
-    w, d = grid.shape[0], grid.shape[-1]
-    counts = mixed.sum(1)
-    rows, cols = mixed.nonzero(as_tuple=True)
-    slots = torch.arange(len(rows), device=grid.device) - (counts.cumsum(0) - counts)[rows]
-    packed = grid.new_zeros((w, int(counts.max()), d))
-    packed[rows, slots] = grid.reshape(w, -1, d)[rows, cols]
-    return packed.view(w, *[1] * (d - 1), -1, d), rows, cols, slots
-
-
-def _resample(image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor,
-              outside: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image and label path of :func:`warp` on (W, C, *box) float32 and (W, K, *box) uint8.
-
-    Channels: the image's, then one score per (label value, label channel) for every value
-    present in the whole group, plus ``outside`` when a kernel leaves the box (a value absent
-    from a sample scores 0 there and cannot win: the scores sum to 1000). Each group of
-    :func:`_chunks` is stacked into one input and resampled bilinearly, and its score
-    channels once more with ``mode='nearest'``: an indicator read there is hit exactly where
-    bgv2's nearest-neighbour sample of the padded labels is that label (the same voxel is
-    read; beyond the box only ``outside``'s (indicator − 1) reads 0). Memory: one chunk of
-    input (≤ ``_CHUNK_BYTES``) and O(W·K·patch) for the running argmax, whatever the labels.
-
-    On the CPU, unless over ``_PACK_BELOW`` of any sample's points are mixed, the labels are
-    scored only at points whose cell is mixed (the others take their cell's label,
-    :func:`_cell_labels`), packed into a smaller grid (a point's ``grid_sample`` arithmetic
-    does not depend on where it sits, so the scores are the same bits), and the image has a
-    call of its own on the full grid.
-
-    A score is bgv2's: indicator × 1000 resampled, then float16; the ``outside`` label is 1
-    beyond the box too, so (indicator − 1) × 1000 is sampled with zeros padding and 1000
-    added back, as bgv2 does, so the sums round alike. bgv2 answers a channel with exactly
-    two labels by "score of the second > 500" instead of comparing two scores; the two
-    agree unless the two float32 sums round to different float16 steps (not seen in the
-    parity tests, where every voxel matches).
-    """
-    w, c, k = image.shape[0], image.shape[1], label.shape[1]
-    box, patch = tuple(image.shape[2:]), tuple(grid.shape[1:-1])
-    order = _label_order(label, grid, box, outside)
-    cells = None
-    if len(order) > 1 and label.device.type == "cpu" and _PACK_BELOW > 0:
-        cells = _cell_labels(label, grid, outside)
-        mixed = cells.amin(1) < 0
-        if mixed.sum(1).max() > _PACK_BELOW * mixed.shape[1]:
-            cells = None  # mostly mixed: score everywhere, the image in the same calls
-    if len(order) == 1 or cells is not None:
-        img = _sample(image, grid)
-        if len(order) == 1:  # one label everywhere: nothing to score
-            return img, torch.full((w, k, *patch), order[0], dtype=torch.uint8,
-                                   device=label.device)
-        lab = cells.to(torch.uint8)
-        if not mixed.any():
-            return img, lab.view(w, k, *patch)
-        grid, rows, cols, slots = _pack(mixed, grid)
-    # The running argmax as one float32 maximum of key = float16 score × 4096 + 255 − rank:
-    # exact where a score can win (the top one is ≥ 1000/8, where float16 steps are ≥ 1/16),
-    # so the top score wins and a tie goes to the first label in ``order`` (bgv2's '>').
-    shape = (w, k, *grid.shape[1:-1])
-    best = torch.full(shape, -math.inf, dtype=torch.float32, device=label.device)
-    nn_key = torch.zeros_like(best)  # the nearest neighbour's label's key
-    rank = {v: r for r, v in enumerate(order)}
-
-    def fold(value: int, chs: slice, score: torch.Tensor, nn_read: torch.Tensor) -> None:
-        if value == outside:
-            score.add_(_SCORE)
-        key = score.to(torch.float16).to(torch.float32).mul_(4096.0).add_(255 - rank[value])
-        hit = nn_read.mul_(1e-3)  # exactly 0 or 1 (−1 for outside): float32 rounds 1000 × 1e-3
-        if value == outside:
-            hit.add_(1.0)  # 1 where the nearest neighbour is this label
-        nn_key[:, chs].addcmul_(hit, key)  # one label hits per point, the others add 0
-        torch.maximum(best[:, chs], key, out=best[:, chs])
-
-    channels = [(None, ch) for ch in range(c) if cells is None]
-    channels += [(v, ch) for v in order for ch in range(k)]
-    groups = _chunks(len(channels), 4 * w * math.prod(box))
-    stack_buf = _scratch((w, len(groups[0]), *box), image.device)
-    if cells is None:
-        img = image.new_empty((w, c, *patch))
-    for group in groups:
-        part = [channels[i] for i in group]
-        stack = stack_buf[:, :len(part)]
-        for j, (value, ch) in enumerate(part):
-            if value is None:
-                stack[:, j].copy_(image[:, ch])
-                continue
-            torch.eq(label[:, ch], value, out=stack[:, j])
-            if value == outside:
-                stack[:, j].sub_(1.0)
-            stack[:, j].mul_(_SCORE)
-        out = _sample(stack, grid)
-        first = sum(value is None for value, _ in part)  # image channels lead the first group
-        reads = _sample(stack[:, first:], grid, "nearest")
-        for j in range(first):
-            img[:, part[j][1]].copy_(out[:, j])
-        for value, run in itertools.groupby(range(first, len(part)), key=lambda j: part[j][0]):
-            run = list(run)  # one value over consecutive label channels
-            chs, js = slice(part[run[0]][1], part[run[-1]][1] + 1), slice(run[0], run[-1] + 1)
-            fold(value, chs, out[:, js], reads[:, js.start - first:js.stop - first])
-        del out, reads
-    del stack_buf
-    # seg_tiebreak='nearest': where the nearest neighbour's label holds the top score it wins
-    top, nn_top = best.mul(1 / 256).floor_(), nn_key.mul(1 / 256).floor_()
-    code = torch.where(nn_top == top, nn_key.sub_(nn_top, alpha=256), best.sub_(top, alpha=256))
-    by_code = torch.zeros(256, dtype=torch.uint8)  # 255 − rank → value
-    by_code[255 - torch.arange(len(order))] = torch.tensor(order, dtype=torch.uint8)
-    scored = by_code.to(label.device).index_select(0, code.view(-1).to(torch.int32))
-    scored = scored.view(shape)
-    if cells is None:
-        return img, scored
-    lab[rows, :, cols] = scored.reshape(w, k, -1)[rows, :, slots]
-    return img, lab.view(w, k, *patch)
 
 
 @torch.no_grad()
@@ -357,11 +177,15 @@ def warp(image: torch.Tensor, label: torch.Tensor, matrices: torch.Tensor,
         if box[0] != patch[0]:
             raise ValueError(f"warp: dummy 2D keeps axis 0, but box {box} vs patch {patch}")
         z = box[0]
-        grid = _grid(matrices[:, 1:, 1:], box[1:], patch[1:])
-        img, lab = _resample(image.reshape(w, c * z, *box[1:]),
-                             label.reshape(w, k * z, *box[1:]), grid, outside)
+        plane = matrices[:, 1:, 1:]
+        grid = _grid(plane, box[1:], patch[1:])
+        img = _sample(image.reshape(w, c * z, *box[1:]), grid)
+        lab = resample_labels(label.reshape(w, k * z, *box[1:]), grid, outside,
+                              pixels=pixel_rows(plane, box[1:], patch[1:]))
         return img.reshape(w, c, *patch), lab.reshape(w, k, *patch)
-    return _resample(image, label, _grid(matrices, box, patch), outside)
+    grid = _grid(matrices, box, patch)
+    return _sample(image, grid), resample_labels(label, grid, outside,
+                                                 pixels=pixel_rows(matrices, box, patch))
 
 
 def centre_crop(box: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
