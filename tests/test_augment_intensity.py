@@ -327,3 +327,32 @@ def test_cuda_equals_cpu() -> None:
                          torch.ones(2), seeds=[7, 7])
     assert torch.equal(x[0], x[1]) and 0.8 < float(x.std()) < 1.2
 
+
+
+def test_a_contiguous_selection_is_processed_in_place_with_the_same_bits(monkeypatch) -> None:
+    """A selection that is one run of rows (here rows 1-3 of 6) is transformed in place
+    through a view; forcing the gathered copy instead must give every bit the same."""
+    img = phantom()
+    run = torch.tensor([[False, True], [True, True], [False, False]])
+    g = torch.Generator().manual_seed(3)
+    factor = torch.rand(3, 2, generator=g) + 0.5
+    sigmas = torch.rand(3, 2, 3, generator=g) * 0.5 + 0.5
+    scales = torch.rand(3, 2, 3, generator=g) * 0.5 + 0.5
+    calls = {
+        "contrast": lambda x: I.contrast(x, run, factor),
+        "gamma": lambda x: I.gamma(x, run, factor, invert=False),
+        "gamma_invert": lambda x: I.gamma(x, run, factor, invert=True),
+        "blur": lambda x: I.gaussian_blur(x, run, sigmas),
+        "lowres": lambda x: I.low_resolution(x, run, scales),
+    }
+    views = []
+    real_take = I._take
+    monkeypatch.setattr(I, "_take", lambda f, r: views.append(real_take(f, r)[1]) or real_take(f, r))
+    fast = {name: call(img.clone()) for name, call in calls.items()}
+    assert views == [True] * len(calls)  # the view path ran for each
+    monkeypatch.setattr(I, "_take", lambda f, r: (f[r], False))
+    for name, call in calls.items():
+        slow = call(img.clone())
+        assert torch.equal(fast[name], slow), name
+        assert untouched(fast[name], img, run), name
+        assert not torch.equal(fast[name], img), name

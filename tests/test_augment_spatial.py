@@ -445,3 +445,19 @@ def test_cuda_matches_cpu():
     on_gpu = losses.downsample_targets(label.to(dev), [1, 0.5])
     for c, g in zip(losses.downsample_targets(label, [1, 0.5]), on_gpu):
         assert torch.equal(g.cpu(), c)
+
+
+def test_mirror_in_place_equals_the_copying_mirror():
+    """The augmenter's in-place mirror writes the same bits into its own batch, for groups
+    that are one run of samples (views) and scattered ones (index copies)."""
+    g = torch.Generator().manual_seed(6)
+    image = torch.randn(9, 2, 4, 5, 6, generator=g)
+    label = torch.randint(0, 9, (9, 1, 4, 5, 6), generator=g, dtype=torch.uint8)
+    patterns = [0, 3, 3, 3, 5, 0, 5, 7, 1]  # runs (1-3), scattered (4, 6), singles, unflipped
+    flips = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in patterns], dtype=torch.bool)
+    ref_img, ref_lab = mirror(image, label, flips)
+    img, lab = image.clone(), label.clone()
+    out_img, out_lab = mirror(img, lab, flips, inplace=True)
+    assert out_img is img and out_lab is lab
+    assert torch.equal(img, ref_img) and torch.equal(lab, ref_lab)
+    assert not torch.equal(img, image) and torch.equal(img[0], image[0])

@@ -40,6 +40,27 @@ def _rows(image: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
     return apply.reshape(-1).nonzero().squeeze(1).to(image.device)
 
 
+def _take(flat: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The selected rows of ``flat``: on the CPU a view when they are one contiguous run (the
+    common case at small batches: all rows, or one), else a gathered copy. Returns (rows,
+    is_view); :func:`_put` writes a result back."""
+    if flat.device.type == "cpu" and rows.numel():
+        first, last = int(rows[0]), int(rows[-1])  # ascending: they come from nonzero()
+        if last - first + 1 == rows.numel():
+            return flat[first:last + 1], True
+    return flat[rows], False
+
+
+def _put(flat: torch.Tensor, rows: torch.Tensor, taken: torch.Tensor, is_view: bool,
+         result: torch.Tensor) -> None:
+    """Write ``result`` to the selected rows (nothing to do when it is the view itself)."""
+    if is_view:
+        if result.data_ptr() != taken.data_ptr() or result.stride() != taken.stride():
+            taken.copy_(result)
+    else:
+        flat.index_copy_(0, rows, result)
+
+
 def _per_row(values: torch.Tensor, rows: torch.Tensor, trailing: int) -> torch.Tensor:
     """Per-(b, c) values of the selected rows, shaped to broadcast over ``trailing`` dims."""
     v = values.reshape(-1, *values.shape[2:]).to(rows.device, torch.float32)[rows]
@@ -161,12 +182,13 @@ def gaussian_blur(image: torch.Tensor, apply: torch.Tensor, sigmas: torch.Tensor
         return image
     spatial = image.shape[2:]
     flat = image.view(-1, *spatial)
-    sub = flat[rows]                                  # (N, *F), a copy
+    taken, is_view = _take(flat, rows)                # (N, *F)
     sig = _per_row(sigmas, rows, 0)                   # (N, n_spatial)
+    sub = taken
     for axis in range(len(spatial)):
         kernels, p = _gaussian_kernels(sig[:, axis])
-        sub = _blur_axis(sub, kernels, p, axis)
-    flat.index_copy_(0, rows, sub)
+        sub = _blur_axis(sub, kernels, p, axis)       # a new tensor: taken is read, not written
+    _put(flat, rows, taken, is_view, sub)
     return image
 
 
@@ -198,14 +220,15 @@ def contrast(image: torch.Tensor, apply: torch.Tensor, factor: torch.Tensor, *,
     if selected is None:
         return image
     flat, rows = selected
-    sub = flat[rows]
+    sub, is_view = _take(flat, rows)
     m = _per_row(factor, rows, 1)
     mean = sub.mean(dim=1, keepdim=True)
-    out = (sub - mean).mul_(m).add_(mean)
     if preserve_range:
         lo, hi = _range(sub)
-        out = torch.maximum(torch.minimum(out, hi), lo)
-    flat.index_copy_(0, rows, out)
+    out = sub.sub_(mean).mul_(m).add_(mean)  # in place: a view writes the image directly
+    if preserve_range:
+        torch.maximum(torch.minimum(out, hi, out=out), lo, out=out)
+    _put(flat, rows, sub, is_view, out)
     return image
 
 
@@ -219,7 +242,8 @@ def gamma(image: torch.Tensor, apply: torch.Tensor, gamma: torch.Tensor, invert:
     if selected is None:
         return image
     flat, rows = selected
-    x = flat[rows]
+    taken, is_view = _take(flat, rows)  # every step below is in place: a view is the image
+    x = taken
     g = _per_row(gamma, rows, 1)
     if invert:
         x.neg_()
@@ -237,7 +261,7 @@ def gamma(image: torch.Tensor, apply: torch.Tensor, gamma: torch.Tensor, invert:
         x = x.sub_(mean_here).mul_(std / std_here.clamp(min=GAMMA_EPS)).add_(mean)
     if invert:
         x.neg_()
-    flat.index_copy_(0, rows, x)
+    _put(flat, rows, taken, is_view, x)
     return image
 
 
@@ -276,7 +300,8 @@ def low_resolution(image: torch.Tensor, apply: torch.Tensor, scales: torch.Tenso
     spatial = tuple(image.shape[2:])
     nd = len(spatial)
     flat = image.view(-1, *spatial)
-    x = flat[rows]
+    taken, is_view = _take(flat, rows)
+    x = taken
     s = scales.reshape(-1, nd).to(torch.float32).cpu()[rows.cpu()].double()
     for a in ignore_axes:
         s[:, a] = 1.0
@@ -292,7 +317,7 @@ def low_resolution(image: torch.Tensor, apply: torch.Tensor, scales: torch.Tenso
         view[1 + axis] = n
         j0, j1, w0, w1 = (v.reshape(view).expand_as(x) for v in (j0, j1, w0, w1))
         x = torch.gather(x, 1 + axis, j0) * w0 + torch.gather(x, 1 + axis, j1) * w1
-    flat.index_copy_(0, rows, x.contiguous())
+    _put(flat, rows, taken, is_view, x.contiguous() if not is_view else x)
     return image
 
 
@@ -308,7 +333,12 @@ def mask_outside(image: torch.Tensor, label: torch.Tensor, channels: Sequence[in
 
 
 def remove_outside(label: torch.Tensor, outside: int = OUTSIDE) -> torch.Tensor:
-    """nnU-Net's RemoveLabelTansform(-1, 0): ``outside`` becomes background 0, in place."""
+    """nnU-Net's RemoveLabelTansform(-1, 0): ``outside`` becomes background 0, in place.
+
+    For uint8 labels with ``outside`` = 255 as uint8 arithmetic (x + 1 wraps 255 to 0, then
+    max(·, 1) − 1 undoes the shift elsewhere): ~10× faster on the CPU than a boolean mask."""
+    if label.dtype == torch.uint8 and outside == 255:
+        return label.add_(1).clamp_(min=1).sub_(1)
     return label.masked_fill_(label == outside, 0)
 
 

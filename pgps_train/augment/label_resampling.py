@@ -228,9 +228,9 @@ def resample_labels(label: torch.Tensor, grid: torch.Tensor, outside: int = 255,
         base = base.reshape(-1)
         corners = gather(base)
         first = corners[0]
-        mixed = corners[1] != first
+        mixed = corners[1] ^ first  # non-zero where a corner differs (uint8: faster than bool)
         for other in corners[2:]:
-            mixed |= other != first
+            mixed |= other ^ first
         entry = mixed.nonzero().squeeze(1)
         if entry.numel() == 0:
             return first.view(w, k, *points)
@@ -248,7 +248,7 @@ def resample_labels(label: torch.Tensor, grid: torch.Tensor, outside: int = 255,
         first = corners[0]
         mixed = corners[1] != first
         for other in corners[2:]:
-            mixed |= other != first
+            mixed |= other != first  # bool: the accelerator's torch.where below takes it
     nearest = None  # the corner nearest the point (round half to even, as the kernels)
     for a in range(d):
         bit = (xs[a].round() - x0s[a]).to(torch.int64) * (1 << (d - 1 - a))

@@ -9,8 +9,8 @@ __all__ = ["mirror"]
 
 
 @torch.no_grad()
-def mirror(image: torch.Tensor, label: torch.Tensor,
-           flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mirror(image: torch.Tensor, label: torch.Tensor, flips: torch.Tensor, *,
+           inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """nnU-Net's MirrorTransform per sample: flip spatial axis a of sample b where flips[b, a].
 
     ``image`` (B, C, Z, Y, X), ``label`` (B, K, Z, Y, X), ``flips`` bool (B, 3); the inputs
@@ -21,6 +21,10 @@ def mirror(image: torch.Tensor, label: torch.Tensor,
     accelerator: per axis one flip of the batch and a ``torch.where`` on the selected
     samples, sync-free (the whole batch moves ~2× per axis, which is bandwidth there). Flips
     commute, so both equal bgv2's single ``torch.flip`` over the chosen axes.
+
+    ``inplace`` (host flags): the flipped samples are written back into ``image`` and
+    ``label`` and the others are not touched (no copy of the batch), a group that is one
+    run of samples through a view; the augmenter owns its batch, so it mirrors so.
     """
     if flips.shape != (image.shape[0], 3):
         raise ValueError(f"mirror: flips {tuple(flips.shape)} must be (B, 3)")
@@ -36,6 +40,8 @@ def mirror(image: torch.Tensor, label: torch.Tensor,
     counts = torch.bincount(code, minlength=8).tolist()
     if counts[0] == len(code):
         return image, label
+    if inplace:
+        return _mirror_in_place(image, label, code, counts)
     keep = 2 * counts[0] > len(code)  # mostly unflipped: copy all, then overwrite the flipped
     outs = [t.clone() if keep else torch.empty_like(t) for t in (image, label)]
     order = torch.argsort(code, stable=True)
@@ -50,3 +56,25 @@ def mirror(image: torch.Tensor, label: torch.Tensor,
             part = src.index_select(0, rows)
             dst.index_copy_(0, rows, part.flip(dims) if dims else part)
     return outs[0], outs[1]
+
+
+def _mirror_in_place(image: torch.Tensor, label: torch.Tensor, code: torch.Tensor,
+                     counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mirror` with ``inplace``: per flip pattern, its samples flipped and written back."""
+    order = torch.argsort(code, stable=True)
+    start = counts[0]
+    for pattern in range(1, 8):
+        n = counts[pattern]
+        rows, start = order[start:start + n], start + n
+        if n == 0:
+            continue
+        dims = [a + 2 for a in range(3) if pattern >> a & 1]
+        first, last = int(rows[0]), int(rows[-1])  # stable sort: ascending within a pattern
+        for t in (image, label):
+            if last - first + 1 == n:  # one run of samples: flip the view, copy it back
+                view = t[first:last + 1]
+                view.copy_(view.flip(dims))
+            else:
+                index = rows.to(t.device)
+                t.index_copy_(0, index, t.index_select(0, index).flip(dims))
+    return image, label

@@ -62,7 +62,7 @@ class BatchAugmenter:
                      for slot in range(image.shape[0])]
             p = stack_draws(draws, device)
             image = intensity.apply_all(image, p, dummy_2d=dummy_2d)
-            image, label = mirror(image, label, p.mirror)  # host flags: no device sync
+            image, label = mirror(image, label, p.mirror, inplace=True)  # host flags: no sync
             if self.mask_channels:
                 image = intensity.mask_outside(image, label, self.mask_channels, OUTSIDE)
             label = intensity.remove_outside(label, OUTSIDE)
