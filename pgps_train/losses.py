@@ -192,13 +192,26 @@ class SegLoss(nn.Module):
         return ce + dice
 
 
+def nearest_exact(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="nearest-exact")`` in ``x``'s dtype: output voxel i
+    takes input floor((i + 0.5)·n/m). Where every axis shrinks by a whole factor k (the
+    usual halvings) that is input k·i + k//2, a strided slice: no float copy of a label."""
+    spatial = tuple(x.shape[2:])
+    size = tuple(int(m) for m in size)
+    if all(m > 0 and n % m == 0 for n, m in zip(spatial, size)):
+        index = [slice(None), slice(None)]
+        index += [slice((n // m) // 2, None, n // m) for n, m in zip(spatial, size)]
+        return x[tuple(index)].contiguous()
+    return F.interpolate(x.float(), size=size, mode="nearest-exact").to(x.dtype)
+
+
 def _downsample(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The target of a lower-resolution head, as nnU-Net's DownsampleSegForDSTransform
     makes it: ``nearest-exact`` (output voxel i takes input floor((i + 0.5) * n / m)).
 
     Plain ``nearest`` takes floor(i * n / m): half a voxel off at every halving, so a
     coarse head was scored against a target shifted towards the origin."""
-    return F.interpolate(target.float(), size=like.shape[2:], mode="nearest-exact").long()
+    return nearest_exact(target, like.shape[2:]).long()
 
 
 @torch.no_grad()
@@ -234,7 +247,6 @@ def downsample_targets(label: torch.Tensor,
     """
     spatial = tuple(label.shape[2:])
     out: list[torch.Tensor] = []
-    as_float = None
     for s in scales:
         factors = tuple(s) if isinstance(s, (tuple, list)) else (s,) * len(spatial)
         if len(factors) != len(spatial):
@@ -242,8 +254,5 @@ def downsample_targets(label: torch.Tensor,
         if all(f == 1 for f in factors):
             out.append(label)
             continue
-        size = [round(n * f) for n, f in zip(spatial, factors)]
-        if as_float is None:
-            as_float = label.to(torch.float32)
-        out.append(F.interpolate(as_float, size=size, mode="nearest-exact").to(label.dtype))
+        out.append(nearest_exact(label, [round(n * f) for n, f in zip(spatial, factors)]))
     return out

@@ -461,3 +461,13 @@ def test_mirror_in_place_equals_the_copying_mirror():
     assert out_img is img and out_lab is lab
     assert torch.equal(img, ref_img) and torch.equal(lab, ref_lab)
     assert not torch.equal(img, image) and torch.equal(img[0], image[0])
+
+
+def test_nearest_exact_slices_where_sizes_divide_and_interpolates_elsewhere():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 250, (2, 1, 12, 20, 9), generator=g, dtype=torch.uint8)
+    for size in [(6, 10, 9), (3, 5, 3), (12, 20, 9), (5, 7, 4), (6, 10, 4), (1, 1, 1)]:
+        ref = F.interpolate(x.float(), size=size, mode="nearest-exact").to(torch.uint8)
+        out = losses.nearest_exact(x, size)
+        assert out.dtype == torch.uint8 and out.is_contiguous()
+        assert torch.equal(out, ref), size

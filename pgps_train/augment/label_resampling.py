@@ -125,32 +125,69 @@ def _choose(corners: list[torch.Tensor], weights: list[torch.Tensor], nearest: t
             outside: int, fused: bool) -> torch.Tensor:
     """bgv2's label at each mixed point from its corner labels and weights.
 
-    Most mixed cells hold two labels, A (corner 0's) and B: their scores are the sums of
-    the weights of their corners, and where one of them is ``outside`` its score is
-    1000 − the other's (its channel holds −1000 exactly at the other label's corners: the
-    same terms negated, which rounds alike). Cells with three or more labels score every
-    corner's label in full."""
+    Candidates are taken in corner order: A (corner 0's label), B (the first other one) and,
+    where a cell holds more, C; each scores the sum of its corners' weights. ``outside``
+    scores 1000 minus the sum over the corners holding a real label: with two labels that
+    is 1000 − the other's score (the same terms negated round alike), with more it is
+    summed on its own. Cells with four or more labels score every corner's label."""
     scaled = [w * _SCORE for w in weights]
     wide = [w.double() * _SCORE for w in weights] if fused else None
     first = corners[0]
-    second = first
-    for c in reversed(corners[1:]):
-        second = torch.where(c != first, c, second)  # the first corner label other than A
+    second = _next_label(corners, [first])
     score_a = _accumulate([c == first for c in corners], scaled, wide, False)
     score_b = _accumulate([c == second for c in corners], scaled, wide, False)
-    score_a, score_b = (torch.where(first == outside, _SCORE - score_b, score_a),
-                        torch.where(second == outside, _SCORE - score_a, score_b))
-    chosen = _pick([first, second], [score_a, score_b], nearest)
-    third = torch.zeros_like(first, dtype=torch.bool)
-    for c in corners[1:]:
-        third |= (c != first) & (c != second)
+    chosen = _pick([first, second],
+                   [torch.where(first == outside, _SCORE - score_b, score_a),
+                    torch.where(second == outside, _SCORE - score_a, score_b)], nearest)
+    third = _outside_of(corners, [first, second])
     many = third.nonzero().squeeze(1)
-    if many.numel():
-        sub = [c[many] for c in corners]
-        sub_scaled = [w[many] for w in scaled]
-        sub_wide = [w[many] for w in wide] if wide is not None else None
-        chosen[many] = _pick(sub, _full_scores(sub, sub_scaled, sub_wide, outside), nearest[many])
+    if many.numel() == 0:
+        return chosen
+    sub = [c[many] for c in corners]
+    sub_scaled = [w[many] for w in scaled]
+    sub_wide = [w[many] for w in wide] if wide is not None else None
+    labels = [first[many], second[many]]
+    labels.append(_next_label(sub, labels))
+    scores = [score_a[many], score_b[many],
+              _accumulate([c == labels[2] for c in sub], scaled=sub_scaled, wide=sub_wide,
+                          negate=False)]
+    if any(bool((lab == outside).any()) for lab in labels):
+        out_score = _accumulate([c != outside for c in sub], sub_scaled, sub_wide, True)
+        out_score = out_score.add_(_SCORE)
+        scores = [torch.where(lab == outside, out_score, sc) for lab, sc in zip(labels, scores)]
+    near = nearest[many]
+    picked = _pick(labels, scores, near)
+    fourth = _outside_of(sub, labels).nonzero().squeeze(1)
+    if fourth.numel():
+        rest = [c[fourth] for c in sub]
+        rest_wide = [w[fourth] for w in sub_wide] if sub_wide is not None else None
+        picked[fourth] = _pick(rest, _full_scores(rest, [w[fourth] for w in sub_scaled],
+                                                  rest_wide, outside), near[fourth])
+    chosen[many] = picked
     return chosen
+
+
+def _next_label(corners: list[torch.Tensor], taken: list[torch.Tensor]) -> torch.Tensor:
+    """Per entry, the first corner label (in corner order) not among ``taken`` (taken[0]
+    where there is none)."""
+    out = taken[0]
+    for c in reversed(corners[1:]):
+        new = c != taken[0]
+        for t in taken[1:]:
+            new &= c != t
+        out = torch.where(new, c, out)
+    return out
+
+
+def _outside_of(corners: list[torch.Tensor], taken: list[torch.Tensor]) -> torch.Tensor:
+    """Whether an entry has a corner label not among ``taken``."""
+    found = None
+    for c in corners[1:]:
+        new = c != taken[0]
+        for t in taken[1:]:
+            new &= c != t
+        found = new if found is None else found.logical_or_(new)
+    return found
 
 
 def _full_scores(corners: list[torch.Tensor], scaled: list[torch.Tensor],

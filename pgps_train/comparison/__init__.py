@@ -1,0 +1,1 @@
+"""The pgps-compare instrument: runs, statistics and reports of mode comparisons."""
