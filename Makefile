@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 test: $(STAMP)
+	@bash tools/ensure_chromium.sh
 	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
