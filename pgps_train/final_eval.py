@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pgps_data.raw.readers import read_volume, write_volume
+from pgps_train.comparison.metrics import case_scores
 from pgps_train.evaluate import dice_scores, print_table, summarise
 from pgps_train.inference import model_labels, predict_case, predict_volume
 
@@ -32,6 +33,7 @@ def evaluate_run(out: Path, net: torch.nn.Module, store: Any, case_ids: list[str
     folder.mkdir(exist_ok=True)
     root = Path(store.meta.get("source_root") or "")
     per_case: dict[str, dict[str, float | None]] = {}
+    extra: dict[str, dict[str, dict[str, float | None]]] = {}
     space = "source"
     for cid in case_ids:
         case = store[cid]
@@ -41,15 +43,20 @@ def evaluate_run(out: Path, net: torch.nn.Module, store: Any, case_ids: list[str
         if root.parts and all(p.exists() for p in [*image_paths, label_path]):
             pred, _, geometry = predict_case(net, config, image_paths, device=device)
             write_volume(folder / f"{cid}.nii.gz", pred, geometry)
-            ref = read_volume(label_path, channels=1).data.astype(np.uint8)
+            volume = read_volume(label_path, channels=1)
+            ref, spacing = volume.data.astype(np.uint8), volume.spacing
         else:  # raw data moved away: score in the store's (target) space
             space = "store"
             probs = predict_volume(net, np.asarray(case.image[...]), config["patch"],
                                    device=device, nonlin=labels.nonlinearity)
             pred = labels.label_map(probs)
-            ref = np.asarray(case.label[...])
+            ref, spacing = np.asarray(case.label[...]), store.spacing
         per_case[cid] = dice_scores(pred, ref, labels)
-    results = {**summarise(per_case), "space": space, "cases": len(case_ids)}
+        for key, scores in case_scores(pred, ref, labels, spacing).items():
+            extra.setdefault(key, {})[cid] = scores
+    results = {**summarise(per_case), "space": space, "cases": len(case_ids),
+               # lesion-wise detection F1 and surface Dice (1 mm) per case, for pgps-compare
+               **{key: by_case for key, by_case in extra.items()}}
     (folder / "summary.json").write_text(json.dumps(results, indent=1))
     if not quiet:
         print_table(results, title=f"validation Dice ({space} space)")

@@ -141,6 +141,11 @@ def _check_run(raw: Path, summary: dict, tmp_path: Path) -> None:
     final = summary["final"]
     assert final["space"] == "source" and final["cases"] == 3
     assert set(final["mean"]) == {"whole", "core", "enhancing"}
+    # per case, the comparison's extra scores: lesion-wise F1 and surface Dice per region
+    assert set(final["lesion_f1"]) == set(final["nsd"]) == set(final["per_case"])
+    for scores in (*final["lesion_f1"].values(), *final["nsd"].values()):
+        assert set(scores) == {"whole", "core", "enhancing"}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in scores.values())
 
     # the network: one output channel per region
     net, config = load_model(run)
