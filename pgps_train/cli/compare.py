@@ -1,24 +1,72 @@
-"""``pgps-compare RUN_DIR ...``: tabulate finished pgps-train runs side by side.
+"""``pgps-compare``: test the PGPS papers' claims on a store, or tabulate finished runs.
 
-Runnable as ``python -m pgps_train.cli.compare``.
+    pgps-compare run STORE --out DIR [--modes ...] [--seeds 0 1 2] [--net unet] ...
+    pgps-compare report RUN_DIR ...      (also: pgps-compare RUN_DIR ...)
+
+``run`` trains every mode × seed alike (one after another; finished runs are skipped, a
+killed one resumes), scores the fold's held-out cases, and writes report.html, report.md
+and report.json with the claim table into DIR. ``report`` prints the table of finished
+pgps-train runs. Runnable as ``python -m pgps_train.cli.compare``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
+from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
+from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_train.compare import comparison, load_runs, print_comparison
+from pgps_train.interrupts import Interrupted
+
+_MODES = ("constant", "efficiency", "performance", "random")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    from pgps_train.devices import DEVICES
+    from pgps_train.planning import NETWORKS
+
+    p = argparse.ArgumentParser(prog="pgps-compare run",
+                                description="train modes × seeds alike and test the claims")
+    p.add_argument("store", help="a store made by pgps-convert")
+    p.add_argument("--out", required=True, help="comparison folder (runs/, report.*)")
+    p.add_argument("--modes", nargs="+", choices=_MODES,
+                   default=["constant", "efficiency", "performance"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--net", choices=NETWORKS, default="unet")
+    p.add_argument("--preset", choices=["tiny", "none"], default="tiny",
+                   help="pgps-train's run size ('none': its defaults)")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--fold", default="0", help="the fold whose validation cases are held out")
+    p.add_argument("--lesion-classes", nargs="*", metavar="NAME",
+                   help="classes the lesion claims are tested on (default: by name)")
+    p.add_argument("--train-args", default="", help="extra pgps-train flags, quoted")
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgps-compare report",
+                                description="tabulate finished pgps-train runs side by side")
+    p.add_argument("runs", nargs="+", help="run folders made by pgps-train")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pgps-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="run folders made by pgps-train")
-    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
     try:
+        if argv and argv[0] == "run":
+            protect_output()  # a closed stdout must not end a long comparison
+            return _run(_run_parser().parse_args(argv[1:]), argv)
+        if argv and argv[0] == "report":
+            argv = argv[1:]
+        args = _report_parser().parse_args(argv)
         rows = comparison(load_runs(args.runs))
     except PGPSInputError as exc:
         print(f"pgps-compare: error: {exc}", file=sys.stderr)
@@ -27,6 +75,35 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
     else:
         print_comparison(rows)
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from pgps_train.comparison.run import ComparePlan, compare
+
+    plan = ComparePlan(store=args.store, out=args.out, modes=args.modes, seeds=args.seeds,
+                       net=args.net, preset=None if args.preset == "none" else args.preset,
+                       device=args.device, fold=args.fold,
+                       train_args=shlex.split(args.train_args),
+                       lesion_classes=args.lesion_classes,
+                       command="pgps-compare " + " ".join(shlex.quote(a) for a in argv))
+    again = "rerun the same command to continue (finished runs are kept)"
+    try:
+        paths = compare(plan)
+    except LoaderWorkerError as exc:
+        print(f"pgps-compare: error: {exc}; {again}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"pgps-compare: {exc}; {again}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"pgps-compare: interrupted; {again}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"pgps-compare: error: {exc.filename or args.out}: {exc.strerror or exc}; fix "
+              f"it, then {again}", file=sys.stderr)
+        return 2
+    print(f"pgps-compare: report in {paths['html']} (and report.md, report.json)")
     return 0
 
 

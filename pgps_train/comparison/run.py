@@ -1,0 +1,205 @@
+"""`pgps-compare run`: every mode × seed trained alike, scored on the same held-out cases,
+the papers' claims tested and reported.
+
+Each run is an ordinary `pgps-train` run in ``OUT/runs/<mode>-seed<k>/`` (same store,
+network, preset, fold and iteration budget; only mode and seed differ), so every run can be
+inspected, predicted with or compared on its own. Runs go one after another: timed runs
+must not share the machine. A finished run (its summary.json) is skipped and a killed one
+resumed from its checkpoint, so a killed comparison continues where it stopped.
+
+The held-out cases are the fold's validation cases, the same for every run: each run's
+final evaluation scores them in the source geometry (Dice, lesion-wise F1, surface Dice),
+and the statistics pair runs by case. ``OUT/report.{html,md,json}`` and the plots come
+from :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgps_data.errors import PGPSInputError
+from pgps_train.checkpoint import LATEST
+from pgps_train.comparison import statistics
+from pgps_train.comparison.report import write_report
+from pgps_train.run_dir import is_run_folder
+
+DEFAULT_MODES = ("constant", "efficiency", "performance")
+LESION_WORDS = ("lesion", "tumour", "tumor", "metasta", "nodule", "enhancing")
+
+
+@dataclass
+class ComparePlan:
+    """What `pgps-compare run` trains: ``modes`` × ``seeds`` on ``store``, into ``out``.
+
+    ``train_args`` are extra pgps-train flags for every run; ``lesion_classes`` (default:
+    classes whose name says lesion, tumour, metastasis, nodule or enhancing) are the ones
+    the lesion claims are tested on.
+    """
+
+    store: str
+    out: str
+    modes: Sequence[str] = DEFAULT_MODES
+    seeds: Sequence[int] = (0, 1, 2)
+    net: str = "unet"
+    preset: str | None = "tiny"
+    device: str = "cpu"
+    fold: str = "0"
+    train_args: Sequence[str] = ()
+    lesion_classes: Sequence[str] | None = None
+    command: str = ""
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields (API use)
+
+
+def run_folder(plan: ComparePlan, mode: str, seed: int) -> Path:
+    return Path(plan.out) / "runs" / f"{mode}-seed{seed}"
+
+
+def train_all(plan: ComparePlan, *, log: Callable[..., None] = print) -> list[Path]:
+    """Train the runs not finished yet, constant first for every seed; their folders."""
+    from pgps_train.cli.train import build_parser, config_from_args, resume_config
+    from pgps_train.run_config import saved_config
+    from pgps_train.trainer import train
+
+    modes = sorted(plan.modes, key=lambda m: m != "constant")  # the baseline first
+    folders = []
+    for seed in plan.seeds:
+        for mode in modes:
+            out = run_folder(plan, mode, seed)
+            folders.append(out)
+            if (out / "summary.json").is_file():
+                log(f"pgps-compare: {mode} seed {seed}: finished, skipped ({out})")
+                continue
+            resume = is_run_folder(out) and (out / LATEST).is_file()
+            started = is_run_folder(out) and not resume  # ours, killed before a checkpoint
+            cli = [plan.store, "--out", str(out), "--mode", mode, "--seed", str(seed),
+                   "--net", plan.net, "--fold", str(plan.fold), "--device", plan.device,
+                   *(["--preset", plan.preset] if plan.preset else []), *plan.train_args]
+            args = build_parser().parse_args(cli)
+            cfg = resume_config(args, saved_config(out)) if resume else config_from_args(args)
+            if plan.overrides:
+                cfg = dataclasses.replace(cfg, **plan.overrides)
+            if started:
+                _check_own(out, mode, seed)
+            log(f"pgps-compare: {mode} seed {seed}: {'resuming' if resume else 'training'} "
+                f"in {out}")
+            train(cfg, resume=resume, overwrite=started, log=log)
+    return folders
+
+
+def _check_own(out: Path, mode: str, seed: int) -> None:
+    """A run folder without a checkpoint is restarted only when it is this comparison's."""
+    config = json.loads((out / "config.json").read_text())
+    if config.get("mode") != mode or int(config.get("seed", -1)) != seed:
+        raise PGPSInputError(f"{out}: holds a {config.get('mode')} seed {config.get('seed')} "
+                             f"run, not {mode} seed {seed}; move it away or choose another --out")
+
+
+def collect(plan: ComparePlan, folders: Sequence[Path]) -> dict[str, Any]:
+    """The report's result dict (the contract in :mod:`.result`) from finished runs."""
+    runs = [run_record(folder) for folder in folders]
+    classes = list(dict.fromkeys(c for r in runs for scores in r["dice"].values()
+                                 for c in scores))  # the label order of the runs' scores
+    if not classes:
+        raise PGPSInputError(f"{plan.out}: the runs have no final evaluation (train without "
+                             "--no-final-eval, on a fold with validation cases)")
+    lesions = list(plan.lesion_classes) if plan.lesion_classes is not None else [
+        c for c in classes if any(word in c.lower() for word in LESION_WORDS)]
+    unknown = [c for c in lesions if c not in classes]
+    if unknown:
+        raise PGPSInputError(f"--lesion-classes {' '.join(unknown)}: not among the classes "
+                             f"{', '.join(classes)}")
+    stats_runs = [{k: r[k] for k in ("mode", "seed", "dice", "curve")} for r in runs]
+    baseline = "constant" if any(r["mode"] == "constant" for r in runs) else runs[0]["mode"]
+    stats = {"mode_table": statistics.mode_table(stats_runs, classes),
+             "paired_tests": statistics.paired_tests(stats_runs, classes, baseline=baseline),
+             "seed_spread": statistics.seed_spread(stats_runs, classes),
+             "reach_times": statistics.reach_times(stats_runs, baseline=baseline)}
+    config = json.loads((folders[0] / "config.json").read_text()) if folders else {}
+    return {"title": f"PGPS comparison on {Path(plan.store).name}", "store": plan.store,
+            "preset": plan.preset or "none", "net": plan.net, "budget": "iterations",
+            "device": plan.device, "machine": _machine(), "command": plan.command,
+            "classes": classes, "lesion_classes": lesions, "runs": runs,
+            "statistics": stats, "iterations": config.get("iterations")}
+
+
+def run_record(folder: Path) -> dict[str, Any]:
+    """One finished run as the report reads it (older runs: the fields they lack derived)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PGPSInputError(f"{folder}: not a finished pgps-train run ({exc})") from None
+    final = summary.get("final") or {}
+    stages = summary.get("stages") or []
+    schedule, start = [], 0
+    for st in stages:
+        schedule.append({"iteration": start, "patch": list(st["patch"]), "batch": st["batch"]})
+        start += int(st.get("steps", 0))
+    voxels = summary.get("voxels")
+    if voxels is None:
+        voxels = sum(int(st.get("steps", 0)) * st["batch"] * _prod(st["patch"]) for st in stages)
+    seconds_train = summary.get("seconds_train")
+    if seconds_train is None:
+        seconds_train = summary["seconds_wall"] - sum(summary.get(k, 0.0) for k in (
+            "seconds_validation", "seconds_validation_startup", "seconds_checkpoint"))
+    return {"mode": config["mode"], "seed": int(config["seed"]), "dir": str(folder),
+            "seconds_train": float(seconds_train),
+            "seconds_compute": float(summary.get("seconds_compute", 0.0)),
+            "seconds_augment": float(summary.get("seconds_augment", 0.0)),
+            "seconds_wait": float(summary.get("seconds_wait", 0.0)),
+            "iterations": int(summary.get("iterations", start)), "voxels": int(voxels),
+            "peak_memory_bytes": summary.get("peak_memory_bytes"),
+            "dice": final.get("per_case", {}), "lesion_f1": final.get("lesion_f1", {}),
+            "nsd": final.get("nsd", {}),
+            "curve": summary.get("curve") or _curve_from_log(folder / "log.csv"),
+            "schedule": schedule,
+            "foreground": [{"stage": st["stage"], "patch": list(st["patch"]),
+                            "fraction": st["foreground"]} for st in stages if "foreground" in st]}
+
+
+def _curve_from_log(path: Path) -> list[list[float]]:
+    """[[training seconds, mean pseudo-Dice]] of the validation rows of a run's log.csv."""
+    if not path.is_file():
+        return []
+    curve = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            values = [float(v) for v in (row.get("pseudo_dice") or "").split()]
+            if not values:
+                continue
+            seconds = sum(float(row.get(k) or 0.0) for k in
+                          ("seconds_compute", "seconds_wait", "seconds_augment",
+                           "seconds_loader_startup"))
+            curve.append([seconds, sum(values) / len(values)])
+    curve.sort(key=lambda point: point[0])
+    return curve
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+            f"torch {torch.__version__}" +
+            (f"; {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+
+
+def compare(plan: ComparePlan, *, log: Callable[..., None] = print) -> dict[str, Path]:
+    """Train what is missing, collect, test the claims, write the report; its paths."""
+    folders = train_all(plan, log=log)
+    return write_report(collect(plan, folders), Path(plan.out))
