@@ -10,6 +10,17 @@ seconds computing and waiting, mean step time, data-wait share and (on CUDA) the
 ``torch.cuda.max_memory_allocated`` during the stage. Device-side augmentation is timed
 apart from compute (``seconds_augment``, per stage and in total).
 
+What `pgps-compare` reads (run_records): ``seconds_train``, the loop's wall time less
+validation (and its start-up) and checkpoint writes, i.e. ``seconds_wall −
+seconds_validation − seconds_validation_startup − seconds_checkpoint`` (loader start-up
+and augmentation stay in: training needs them); ``curve``, one [seconds_train, mean
+pseudo-Dice over the foreground classes] per log.csv row; ``voxels`` (batch × patch voxels
+trained on, also per stage); ``peak_memory_bytes`` / ``peak_memory_kind``; per stage the
+delivered ``foreground`` fraction of each class. log.csv's last column ``seconds_wall`` is
+the wall time at the row. Like every timing here these cover this process: a resumed run
+says ``resumed_at_step`` and ``foreground_partial: true`` (the checkpoint carries no run-log
+state), and its stages, voxels, curve and foreground hold the steps it ran itself.
+
 Timing is honest: "wait" is only the time a training step waited for its batch. The first
 batch of a process (starting the workers) is ``seconds_loader_startup``; validation,
 checkpoint writes and each validation pass's wait for its first batch (its workers start
@@ -31,12 +42,17 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgps_data.console import progress_console
+from pgps_data.labels import Labels
 from pgps_data.schedule.curriculum import Curriculum, Stage
+from pgps_train.run_records import DeliveredCrops, mean_dice, peak_memory
 
 # Phases timed apart from compute and data wait (summary.json: seconds_<name>)
 PHASES = ("augment", "validation", "validation_startup", "checkpoint", "loader_startup")
 EVAL_FIELDS = ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
-               "seconds_compute", "seconds_wait", *(f"seconds_{p}" for p in PHASES)]
+               "seconds_compute", "seconds_wait", *(f"seconds_{p}" for p in PHASES),
+               "seconds_wall"]  # last: a resumed run keeps older rows, which lack it
+# Phases that are not training: seconds_train is the wall time less these
+NOT_TRAINING = ("validation", "validation_startup", "checkpoint")
 
 
 class Timers:
@@ -62,8 +78,12 @@ class RunLog:
 
     def __init__(self, out: Path, cur: Curriculum, *, resume_from: int = 0,
                  quiet: bool = False, log=print,  # noqa: ANN001
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", labels: Labels | None = None):
         self.out = out
+        self.resumed_from = resume_from
+        self.labels = labels  # None: no delivered-foreground fractions
+        self.crops = DeliveredCrops()
+        self.curve: list[list[float | None]] = []
         self.cuda = torch.device(device).type == "cuda"
         self.stages: dict[int, dict[str, Any]] = {}
         self._stage: int | None = None
@@ -97,6 +117,16 @@ class RunLog:
 
             print_table(cur, console=self.progress.console)
 
+    def delivered(self, stage: Stage, image: torch.Tensor, label: torch.Tensor) -> None:
+        """The step's input and label values as the loss gets them (after augmentation):
+        voxels and the label histogram, counted on their device (no host sync)."""
+        self.crops.add(stage.index, image, label)
+
+    def seconds(self) -> tuple[float, float]:
+        """(wall, train) seconds since the log opened; train = wall less NOT_TRAINING."""
+        wall = time.perf_counter() - self.t0
+        return wall, wall - sum(self.timers.seconds[p] for p in NOT_TRAINING)
+
     def step(self, step: int, stage: Stage, loss: float, compute: float = 0.0,
              wait: float = 0.0, augment: float = 0.0) -> None:
         """Record one step: its loss, and its seconds computing, waiting for data and
@@ -112,11 +142,14 @@ class RunLog:
 
     def eval_row(self, step: int, stage: Stage, loss: float, dice: list[float], lr: float,
                  t_compute: float, t_wait: float) -> None:
+        wall, train = self.seconds()
+        self.curve.append([round(train, 3), mean_dice(dice)])
         row = {"step": step, "stage": stage.index, "patch": "x".join(map(str, stage.patch)),
                "batch": stage.batch, "loss": round(loss, 5),
                "pseudo_dice": " ".join(f"{d:.4f}" for d in dice), "lr": f"{lr:.3e}",
                "seconds_compute": round(t_compute, 2), "seconds_wait": round(t_wait, 2),
-               **{f"seconds_{p}": round(v, 2) for p, v in self.timers.seconds.items()}}
+               **{f"seconds_{p}": round(v, 2) for p, v in self.timers.seconds.items()},
+               "seconds_wall": round(wall, 3)}
         self._evals[1].writerow([row[k] for k in EVAL_FIELDS])
         self._evals[0].flush()
         self._steps[0].flush()
@@ -162,7 +195,10 @@ class RunLog:
         rows = []
         for k, st in sorted(self.stages.items()):
             total = st["seconds_compute"] + st["seconds_wait"] + st["seconds_augment"]
-            rows.append({"stage": k, **st,
+            records = {"voxels": self.crops.voxels.get(k, 0)}
+            if self.labels is not None:
+                records["foreground"] = self.crops.fractions(k, self.labels)
+            rows.append({"stage": k, **st, **records,
                          "seconds_compute": round(st["seconds_compute"], 3),
                          "seconds_wait": round(st["seconds_wait"], 3),
                          "seconds_augment": round(st["seconds_augment"], 3),
@@ -189,9 +225,13 @@ class RunLog:
         self._close_stage()
         self._stage = None
         self.close()
-        wall = time.perf_counter() - self.t0
+        wall, train = self.seconds()
+        stages = self.stage_summary()
+        resumed = {"resumed_at_step": self.resumed_from,
+                   "foreground_partial": True} if self.resumed_from else {}
         return {
             "seconds_wall": round(wall, 2),
+            "seconds_train": round(train, 3),
             "seconds_compute": round(t_compute, 2),
             "seconds_wait": round(t_wait, 2),
             **{f"seconds_{p}": round(v, 3) for p, v in self.timers.seconds.items()},
@@ -200,7 +240,11 @@ class RunLog:
             "iterations": self.cur.total_iterations,
             "compute_share_vs_constant": round(self.cur.compute_share(), 4),
             "last_eval": self.last_eval,
-            "stages": self.stage_summary(),
+            "voxels": sum(st["voxels"] for st in stages),
+            **peak_memory(self.cuda, [st.get("peak_memory_bytes", 0) for st in stages]),
+            "curve": self.curve,
+            **resumed,
+            "stages": stages,
         }
 
 

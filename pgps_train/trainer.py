@@ -18,7 +18,8 @@ resume reloads the run's config.json and refuses other settings or another store
 SIGTERM end the current step, checkpoint and raise Interrupted, and a dead or failing
 loader worker becomes one line after the same checkpoint (interrupts). Data wait is
 only the time a step waited for its batch; validation, checkpoints and loader start-up
-are timed apart (runlog).
+are timed apart (runlog); the voxels trained on and the label values fed to the loss are
+counted per stage (run_records).
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
     _write_model_json(out, net, store, patch, labels)
     write_run_record(out, asdict(cfg), identity)
     (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
-    runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device)
+    runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device,
+                    labels=labels)
     runlog.schedule(cur)
 
     saved_at = start if ckpt is not None else None
@@ -236,6 +238,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 augment = time.perf_counter() - t_aug
+            runlog.delivered(stage, x, values)  # voxels and label histogram, on the device
             y = objective.target(values)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
                 outputs = net(x)

@@ -59,6 +59,9 @@ def test_every_mode_and_seed_trained_alike_and_reported(plan, compared):
         assert r["seconds_train"] > 0 and r["voxels"] > 0 and r["iterations"] > 0
         assert r["schedule"][0]["iteration"] == 0
         assert set(r["nsd"]) == set(r["lesion_f1"]) == set(r["dice"])
+        assert len(r["foreground"]) == len(r["schedule"])  # measured per stage
+        assert all(0 <= f <= 1 for st in r["foreground"] for f in st["fraction"].values())
+        assert r["curve"] and r["peak_memory_bytes"] > 10 << 20
     eff = next(r for r in runs if r["mode"] == "efficiency")
     con = next(r for r in runs if r["mode"] == "constant")
     assert len(eff["schedule"]) > 1 and len(con["schedule"]) == 1  # growing vs one patch

@@ -31,7 +31,7 @@ FLAGS = ["--preset", "tiny", "--fold", "all", "--mode", "efficiency", "--patch",
          "--epochs", "0", "--iterations-per-epoch", "3", "--eval-every", "8",
          "--save-every", "7", "--workers", "1", "--no-final-eval", "--deterministic", "--quiet"]
 TIMINGS = ("seconds_compute", "seconds_wait", "seconds_augment", "seconds_validation", "seconds_validation_startup",
-           "seconds_checkpoint", "seconds_loader_startup")
+           "seconds_checkpoint", "seconds_loader_startup", "seconds_wall")
 
 
 def _cmd(store: Path, out: Path, *extra: str) -> list[str]:

@@ -152,7 +152,7 @@ def test_run_files_and_log_rows(eff_run: dict[str, Any]) -> None:
     assert list(rows[0]) == ["step", "stage", "patch", "batch", "loss", "pseudo_dice", "lr",
                              "seconds_compute", "seconds_wait", "seconds_augment",
                              "seconds_validation", "seconds_validation_startup", "seconds_checkpoint",
-                             "seconds_loader_startup"]
+                             "seconds_loader_startup", "seconds_wall"]
     assert [int(r["step"]) for r in rows] == [2, 5, 8, 11, 14, 17, 19]
     lr0, prev_compute = cfg.lr, 0.0
     for r in rows:

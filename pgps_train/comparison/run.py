@@ -155,6 +155,8 @@ def run_record(folder: Path) -> dict[str, Any]:
             "seconds_wait": float(summary.get("seconds_wait", 0.0)),
             "iterations": int(summary.get("iterations", start)), "voxels": int(voxels),
             "peak_memory_bytes": summary.get("peak_memory_bytes"),
+            # a run resumed after a kill times, counts and curves only its last part
+            "resumed_at_step": summary.get("resumed_at_step"),
             "dice": final.get("per_case", {}), "lesion_f1": final.get("lesion_f1", {}),
             "nsd": final.get("nsd", {}),
             "curve": summary.get("curve") or _curve_from_log(folder / "log.csv"),
