@@ -18,9 +18,8 @@ import sys
 
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
-from pgps_data.loader.watchdog import LoaderWorkerError
+from pgps_train.cli.stops import run_or_explain
 from pgps_train.compare import comparison, load_runs, print_comparison
-from pgps_train.interrupts import Interrupted
 
 _MODES = ("constant", "efficiency", "performance", "random")
 
@@ -87,22 +86,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                        train_args=shlex.split(args.train_args),
                        lesion_classes=args.lesion_classes,
                        command="pgps-compare " + " ".join(shlex.quote(a) for a in argv))
-    again = "rerun the same command to continue (finished runs are kept)"
-    try:
-        paths = compare(plan)
-    except LoaderWorkerError as exc:
-        print(f"pgps-compare: error: {exc}; {again}", file=sys.stderr)
-        return 1
-    except Interrupted as exc:
-        print(f"pgps-compare: {exc}; {again}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"pgps-compare: interrupted; {again}", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        print(f"pgps-compare: error: {exc.filename or args.out}: {exc.strerror or exc}; fix "
-              f"it, then {again}", file=sys.stderr)
-        return 2
+    paths, status = run_or_explain(
+        "pgps-compare", lambda: compare(plan),
+        again="rerun the same command to continue (finished runs are kept)",
+        fix_then="rerun the same command", where=args.out)
+    if paths is None:
+        return status
     print(f"pgps-compare: report in {paths['html']} (and report.md, report.json)")
     return 0
 

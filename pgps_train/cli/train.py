@@ -20,12 +20,10 @@ from dataclasses import fields
 from typing import Any
 
 from pgps_data.console import protect_output
-from pgps_data.errors import PGPSInputError
-from pgps_data.loader.watchdog import LoaderWorkerError
 from pgps_data.schedule.curriculum import MODES, RULES
 from pgps_train.augment.choices import AUGMENTS, GEOMETRIES
+from pgps_train.cli.stops import run_or_explain
 from pgps_train.devices import DEVICES
-from pgps_train.interrupts import Interrupted
 from pgps_train.planning import NETWORKS
 
 # The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), 15
@@ -142,30 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resume_cmd = shlex.join(["pgps-train", args.store, "--out", args.out, "--resume",
                              *(["--allow-incomplete"] if args.allow_incomplete else [])])
-    try:
+    def work() -> tuple[Any, Any]:
         from pgps_train.run_config import saved_config
         from pgps_train.trainer import train
 
         saved = saved_config(args.out) if args.resume else None
         cfg = config_from_args(args) if saved is None else resume_config(args, saved)
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except PGPSInputError as exc:
-        print(f"pgps-train: error: {exc}", file=sys.stderr)
-        return 2
-    except LoaderWorkerError as exc:
-        print(f"pgps-train: error: {exc}; resume with: {resume_cmd}", file=sys.stderr)
-        return 1
-    except Interrupted as exc:
-        print(f"pgps-train: {exc}; resume with: {resume_cmd}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"pgps-train: interrupted; resume with: {resume_cmd}", file=sys.stderr)
-        return 130
-    except OSError as exc:  # disk full or a folder gone while writing logs (not checkpoints)
-        where = exc.filename or args.out
-        print(f"pgps-train: error: {where}: {exc.strerror or exc}; fix it, then continue with "
-              f"{resume_cmd}", file=sys.stderr)
-        return 2
+        return cfg, train(cfg, resume=args.resume, overwrite=args.overwrite)
+
+    done, status = run_or_explain("pgps-train", work, again=f"resume with: {resume_cmd}",
+                                  fix_then=f"continue with {resume_cmd}", where=args.out)
+    if done is None:
+        return status
+    cfg, summary = done
     final = summary.get("final") or {}
     ran = summary.get("stopped_at_step", summary["iterations"])
     print(f"done: {ran} iterations in {summary['seconds_wall']:.1f} s "
