@@ -116,3 +116,14 @@ def test_collect_refuses_an_unknown_lesion_class(plan, compared):
     bad = ComparePlan(**{**plan.__dict__, "lesion_classes": ["nodule"]})
     with pytest.raises(PGPSInputError, match="--lesion-classes nodule: not among the classes"):
         collect(bad, folders)
+
+
+def test_report_files_someone_else_wrote_are_never_replaced(plan, compared, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>my own report</p>")
+    other = ComparePlan(**{**plan.__dict__, "out": str(mine)})
+    with pytest.raises(PGPSInputError, match="pgps-compare did not write"):
+        compare(other)
+    assert (mine / "report.html").read_text() == "<p>my own report</p>"
+    assert sorted(p.name for p in mine.iterdir()) == ["report.html"]  # no runs/ made either

@@ -201,7 +201,27 @@ def _machine() -> str:
             (f"; {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
 
 
+REPORT_FILES = ("report.html", "report.md", "report.json", "schedule.png", "dice_vs_time.png",
+                "foreground.png", "final_dice.png")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` whose report files were not written by pgps-compare (they would
+    be replaced): ours always include a report.json holding the claims."""
+    present = [name for name in REPORT_FILES if (out / name).exists()]
+    if not present:
+        return
+    try:
+        ours = "claims" in json.loads((out / "report.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise PGPSInputError(f"{out}: holds {', '.join(present[:3])} that pgps-compare did not "
+                             "write; choose another --out (nothing was changed)")
+
+
 def compare(plan: ComparePlan, *, log: Callable[..., None] = print) -> dict[str, Path]:
     """Train what is missing, collect, test the claims, write the report; its paths."""
+    check_out(Path(plan.out))
     folders = train_all(plan, log=log)
     return write_report(collect(plan, folders), Path(plan.out))
