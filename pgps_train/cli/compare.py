@@ -18,8 +18,8 @@ import sys
 
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
-from pgps_train.cli.stops import run_or_explain
 from pgps_train.compare import comparison, load_runs, print_comparison
+from pgps_train.stops import run_or_explain
 
 _MODES = ("constant", "efficiency", "performance", "random")
 
@@ -57,7 +57,8 @@ def _report_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print("usage: pgps-compare {run,report} ...  (pgps-compare run -h, pgps-compare "
+              "report -h)\n\n" + __doc__.strip())
         return 0
     try:
         if argv and argv[0] == "run":

@@ -22,9 +22,9 @@ from typing import Any
 from pgps_data.console import protect_output
 from pgps_data.schedule.curriculum import MODES, RULES
 from pgps_train.augment.choices import AUGMENTS, GEOMETRIES
-from pgps_train.cli.stops import run_or_explain
 from pgps_train.devices import DEVICES
 from pgps_train.planning import NETWORKS
+from pgps_train.stops import run_or_explain
 
 # The CPU-sized preset: one epoch per stage of the schedule (epochs 0 = auto), 15
 # iterations each (240 for the demo's 16 stages), a 24×48×48-sized patch budget and a narrow
