@@ -127,3 +127,12 @@ def test_report_files_someone_else_wrote_are_never_replaced(plan, compared, tmp_
         compare(other)
     assert (mine / "report.html").read_text() == "<p>my own report</p>"
     assert sorted(p.name for p in mine.iterdir()) == ["report.html"]  # no runs/ made either
+
+
+def test_an_out_inside_the_store_is_refused(plan, compared):
+    before = sorted(p.name for p in Path(plan.store).iterdir())
+    for out in (plan.store, str(Path(plan.store) / "cmp")):
+        inside = ComparePlan(**{**plan.__dict__, "out": out})
+        with pytest.raises(PGPSInputError, match="is inside the store"):
+            compare(inside)
+    assert sorted(p.name for p in Path(plan.store).iterdir()) == before

@@ -222,6 +222,10 @@ def check_out(out: Path) -> None:
 
 def compare(plan: ComparePlan, *, log: Callable[..., None] = print) -> dict[str, Path]:
     """Train what is missing, collect, test the claims, write the report; its paths."""
+    out, store = Path(plan.out).resolve(), Path(plan.store).resolve()
+    if out == store or store in out.parents:
+        raise PGPSInputError(f"{plan.out}: is inside the store {plan.store}; choose an --out "
+                             "outside it (nothing was written)")
     check_out(Path(plan.out))
     folders = train_all(plan, log=log)
     return write_report(collect(plan, folders), Path(plan.out))
