@@ -277,7 +277,7 @@ def resample_labels(label: torch.Tensor, grid: torch.Tensor, outside: int = 255,
     g = flat_grid[point]
     xs = [_source(g[:, d - 1 - a], box[a], planar, fused) for a in range(d)]
     x0s = [xi.floor() for xi in xs]
-    base = rows_of(entry // p * p) if w * k > 1 else torch.zeros_like(entry, dtype=index_dtype)
+    base = rows_of(entry) if w * k > 1 else torch.zeros_like(entry, dtype=index_dtype)
     for a in range(d):
         base += x0s[a].clamp(-_PAD, box[a]).to(index_dtype).add_(_PAD).mul_(strides[a])
     corners = gather(base)

@@ -44,31 +44,30 @@ def mirror(image: torch.Tensor, label: torch.Tensor, flips: torch.Tensor, *,
         return _mirror_in_place(image, label, code, counts)
     keep = 2 * counts[0] > len(code)  # mostly unflipped: copy all, then overwrite the flipped
     outs = [t.clone() if keep else torch.empty_like(t) for t in (image, label)]
-    order = torch.argsort(code, stable=True)
-    start = 0
-    for pattern, n in enumerate(counts):
-        rows, start = order[start:start + n], start + n
-        if n == 0 or (keep and pattern == 0):
-            continue
+    for rows, dims in _groups(code, counts, unflipped=not keep):
         rows = rows.to(image.device)
-        dims = [a + 2 for a in range(3) if pattern >> a & 1]
         for src, dst in zip((image, label), outs):
             part = src.index_select(0, rows)
             dst.index_copy_(0, rows, part.flip(dims) if dims else part)
     return outs[0], outs[1]
 
 
+def _groups(code: torch.Tensor, counts: list[int], *, unflipped: bool):  # noqa: ANN202
+    """(rows, dims) per flip pattern present: the samples (ascending, host) and the axes
+    they flip; the unflipped pattern only when ``unflipped``."""
+    order = torch.argsort(code, stable=True)
+    start = 0
+    for pattern, n in enumerate(counts):
+        rows, start = order[start:start + n], start + n
+        if n and (pattern or unflipped):
+            yield rows, [a + 2 for a in range(3) if pattern >> a & 1]
+
+
 def _mirror_in_place(image: torch.Tensor, label: torch.Tensor, code: torch.Tensor,
                      counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`mirror` with ``inplace``: per flip pattern, its samples flipped and written back."""
-    order = torch.argsort(code, stable=True)
-    start = counts[0]
-    for pattern in range(1, 8):
-        n = counts[pattern]
-        rows, start = order[start:start + n], start + n
-        if n == 0:
-            continue
-        dims = [a + 2 for a in range(3) if pattern >> a & 1]
+    for rows, dims in _groups(code, counts, unflipped=False):
+        n = len(rows)
         first, last = int(rows[0]), int(rows[-1])  # stable sort: ascending within a pattern
         for t in (image, label):
             if last - first + 1 == n:  # one run of samples: flip the view, copy it back

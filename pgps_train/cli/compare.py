@@ -18,10 +18,9 @@ import sys
 
 from pgps_data.console import protect_output
 from pgps_data.errors import PGPSInputError
+from pgps_data.schedule.curriculum import MODES
 from pgps_train.compare import comparison, load_runs, print_comparison
 from pgps_train.stops import run_or_explain
-
-_MODES = ("constant", "efficiency", "performance", "random")
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -32,7 +31,7 @@ def _run_parser() -> argparse.ArgumentParser:
                                 description="train modes × seeds alike and test the claims")
     p.add_argument("store", help="a store made by pgps-convert")
     p.add_argument("--out", required=True, help="comparison folder (runs/, report.*)")
-    p.add_argument("--modes", nargs="+", choices=_MODES,
+    p.add_argument("--modes", nargs="+", choices=MODES,
                    default=["constant", "efficiency", "performance"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--net", choices=NETWORKS, default="unet")

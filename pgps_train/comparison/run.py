@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from pgps_train.checkpoint import LATEST
 from pgps_train.comparison import statistics
 from pgps_train.comparison.report import write_report
 from pgps_train.run_dir import is_run_folder
+from pgps_train.runlog import NOT_TRAINING
 
 DEFAULT_MODES = ("constant", "efficiency", "performance")
 LESION_WORDS = ("lesion", "tumour", "tumor", "metasta", "nodule", "enhancing")
@@ -143,11 +145,12 @@ def run_record(folder: Path) -> dict[str, Any]:
         start += int(st.get("steps", 0))
     voxels = summary.get("voxels")
     if voxels is None:
-        voxels = sum(int(st.get("steps", 0)) * st["batch"] * _prod(st["patch"]) for st in stages)
+        voxels = sum(int(st.get("steps", 0)) * st["batch"] * math.prod(st["patch"])
+                     for st in stages)
     seconds_train = summary.get("seconds_train")
     if seconds_train is None:
-        seconds_train = summary["seconds_wall"] - sum(summary.get(k, 0.0) for k in (
-            "seconds_validation", "seconds_validation_startup", "seconds_checkpoint"))
+        seconds_train = summary["seconds_wall"] - sum(summary.get(f"seconds_{phase}", 0.0)
+                                                      for phase in NOT_TRAINING)
     return {"mode": config["mode"], "seed": int(config["seed"]), "dir": str(folder),
             "seconds_train": float(seconds_train),
             "seconds_compute": float(summary.get("seconds_compute", 0.0)),
@@ -181,13 +184,6 @@ def _curve_from_log(path: Path) -> list[list[float]]:
             curve.append([seconds, sum(values) / len(values)])
     curve.sort(key=lambda point: point[0])
     return curve
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
 
 
 def _machine() -> str:
