@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pgps-installed
 
-.PHONY: demo test bench lint venv nnunet-venv clean
+.PHONY: demo test bench compare lint venv nnunet-venv clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,19 @@ bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_convert.py
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_augment.py
+
+# The lesion benchmark (about 35 + 30 minutes on 2 CPU cores): constant, efficiency and
+# performance x 3 seeds with augmentation, at equal iterations, then at equal seconds (the
+# constant runs shared). Rerun to continue after a stop; reports in $(COMPARE)/out.
+COMPARE ?= runs/compare
+LESION  := $(COMPARE)/Task01_Lesion
+compare: $(STAMP)
+	@test -f $(LESION)/dataset.json || $(PY) -m pgps_data.cli.synth $(LESION) --preset lesion
+	$(PY) -m pgps_data.cli.convert $(LESION) $(COMPARE)/lesion.zarr --workers 2 --quiet
+	$(PY) -m pgps_train.cli.compare run $(COMPARE)/lesion.zarr --out $(COMPARE)/out \
+	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget iterations
+	$(PY) -m pgps_train.cli.compare run $(COMPARE)/lesion.zarr --out $(COMPARE)/out \
+	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget seconds
 
 clean:
 	rm -rf $(VENV) .venv-nnunet .pytest_cache .ruff_cache

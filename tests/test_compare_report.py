@@ -180,7 +180,8 @@ def test_mode_rows_by_hand():
     assert list(rows) == ["constant", "efficiency", "performance"]
     # seed means 0.84, 0.86 -> std 0.0141; F1 = Dice + 0.1, NSD = Dice + 0.05
     assert rows["constant"] == {
-        "mode": "constant", "seeds": "2", "train s": "1000", "time / constant": "100 %",
+        "mode": "constant", "seeds": "2", "iterations": "300", "train s": "1000",
+        "time / constant": "100 %",
         "data wait": "10 %", "augment": "5 %", "Dice organ": "0.850 ± 0.014",
         "Dice lesion": "0.600 ± 0.014", "lesion F1 lesion": "0.700 ± 0.014",
         "NSD organ": "0.900 ± 0.014", "NSD lesion": "0.650 ± 0.014"}
@@ -224,7 +225,7 @@ def test_markdown_has_the_tables_and_relative_images(report):
     _, paths = report
     md = paths["markdown"].read_text()
     assert "| efficiency: baseline Dice in less time | baseline Dice in 44 % of the training time" in md
-    assert "| constant | 2 | 1000 | 100 % | 10 % | 5 % | 0.850 ± 0.014 |" in md
+    assert "| constant | 2 | 300 | 1000 | 100 % | 10 % | 5 % | 0.850 ± 0.014 |" in md
     for name in PLOT_NAMES:
         assert f"![{name}]({name}.png)" in md
     assert "`` /data/<b>&co/tiny.zarr ``" in md  # a code span: shown as typed, not as HTML

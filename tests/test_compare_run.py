@@ -136,3 +136,31 @@ def test_an_out_inside_the_store_is_refused(plan, compared):
         with pytest.raises(PGPSInputError, match="is inside the store"):
             compare(inside)
     assert sorted(p.name for p in Path(plan.store).iterdir()) == before
+
+
+def test_a_seconds_budget_plans_each_mode_from_its_seeds_constant(plan, compared):
+    iterations_report = Path(plan.out) / "report.json"
+    before = iterations_report.stat().st_mtime_ns
+    timed = ComparePlan(**{**plan.__dict__, "budget": "seconds", "seeds": (0,)})
+    lines: list[str] = []
+    with one_thread():
+        paths = compare(timed, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert [line for line in lines if "finished, skipped" in line] == [
+        f"pgps-compare: constant seed 0: finished, skipped ({run_folder(plan, 'constant', 0)})"]
+    (planned,) = [line for line in lines if "planned to fit constant's" in line]
+    assert "step times measured" in planned  # from efficiency-seed0 at equal iterations
+    folder = run_folder(timed, "efficiency", 0)
+    assert folder.name == "efficiency-seconds-seed0" and (folder / "summary.json").is_file()
+    plans = json.loads((Path(plan.out) / "equal-seconds" / "plans.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert config["iterations_per_epoch"] == plans[folder.name]["iterations_per_epoch"]
+    report = json.loads(Path(paths["json"]).read_text())
+    assert Path(paths["json"]).parent.name == "equal-seconds" and report["budget"] == "seconds"
+    eff = next(r for r in report["runs"] if r["mode"] == "efficiency")
+    assert eff["planned_seconds"] == plans[folder.name]["planned_seconds"]
+    assert report["claims"][0]["holds"] is None  # the time claim is not tested at equal time
+    assert "equal time by design" in report["claims"][0]["ours"]
+    assert iterations_report.stat().st_mtime_ns == before  # the other budget's report stays
+    no_constant = ComparePlan(**{**timed.__dict__, "modes": ("efficiency",)})
+    with pytest.raises(PGPSInputError, match="include constant in --modes"):
+        compare(no_constant)

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.synthetic.dataset import FILE_ENDINGS, write_synthetic_dataset
+from pgps_data.synthetic.dataset import FILE_ENDINGS, PRESETS, SPLITS_FILE, write_synthetic_dataset
+from pgps_data.synthetic.phantom import DEFAULT_LESIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regions", action="store_true",
                    help="nnunet layout only: BraTS-like nested regions "
                         "(whole ⊃ core ⊃ enhancing)")
+    p.add_argument("--held-out", type=int, default=0, metavar="N",
+                   help=f"hold the last N labelled cases out of training: {SPLITS_FILE} with "
+                        "one fold (pgps-train --splits FILE --fold 0)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="lesion: pgps-compare's lesion benchmark (40 cases of 40x80x80, 24 "
+                        "held out, lesions <= 0.05 %% of the voxels, varied size and contrast); "
+                        "flags given explicitly override it")
+    first, _ = p.parse_known_args(argv)
+    preset = dict(PRESETS.get(first.preset) or {})
+    lesion_spec = preset.pop("lesion_spec", DEFAULT_LESIONS)
+    p.set_defaults(**preset)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     from tqdm import tqdm
@@ -47,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 a.out_dir, cases=a.cases, test_cases=a.test_cases, size=tuple(a.size),
                 channels=a.channels, organ_fraction=a.organ_fraction, lesions=a.lesions,
                 seed=a.seed, layout=a.layout, file_ending=a.file_ending, ignore=a.ignore,
-                regions=a.regions, progress=lambda _id: bar.update(1))
+                regions=a.regions, lesion_spec=lesion_spec, held_out=a.held_out,
+                progress=lambda _id: bar.update(1))
     except PGPSInputError as e:
         print(f"pgps-synth: error: {e}", file=sys.stderr)
         return 2
@@ -55,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.cases} training + {a.test_cases} test cases ({a.layout} layout, "
           f"{a.channels} channel(s), {a.file_ending}) to {out}: {n_files} files, "
           f"{time.perf_counter() - t0:.1f} s")
+    if a.held_out:
+        print(f"held out of training: the last {a.held_out} labelled cases "
+              f"({out / SPLITS_FILE}, fold 0)")
     return 0
 
 

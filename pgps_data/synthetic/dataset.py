@@ -31,6 +31,9 @@ import numpy as np
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.synthetic.phantom import (
+    DEFAULT_LESIONS,
+    LESION_BENCHMARK,
+    LesionSpec,
     anatomy,
     core_shell,
     ct_image,
@@ -39,14 +42,23 @@ from pgps_data.synthetic.phantom import (
     oblique_affine,
 )
 
-__all__ = ["SyntheticCase", "case_spacing", "synthetic_case", "write_synthetic_dataset"]
+__all__ = ["PRESETS", "SyntheticCase", "case_spacing", "synthetic_case", "write_synthetic_dataset"]
 
 NOMINAL_SPACING = (2.25, 0.75, 0.75)  # centre of the spacing ranges below, (Z, Y, X) mm
 REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
 REGIONS_CLASS_ORDER = [1, 2, 3]  # whole paints 1, core 2, enhancing 3: the values back
 CHANNEL_NAMES = ("CT", "MR")
 FILE_ENDINGS = (".nii.gz", ".nrrd", ".mha")
-_MARKER = "pgps-synth"  # first word of dataset.json "description"; marks a rerunnable dir
+_MARKER = "pgps-synth"
+SPLITS_FILE = "splits_final.json"  # with held_out: nnU-Net's format, one fold
+
+# Named datasets (keyword arguments of write_synthetic_dataset). "lesion": the embedded
+# lesion benchmark of pgps-compare: 16 training and 24 held-out labelled cases (fold 0 of
+# its splits_final.json), lesions <= 0.05 % of the voxels, varied in size and contrast.
+PRESETS: dict[str, dict] = {
+    "lesion": {"cases": 40, "held_out": 24, "test_cases": 0, "size": (40, 80, 80),
+               "lesions": 4, "lesion_spec": LESION_BENCHMARK},
+}  # first word of dataset.json "description"; marks a rerunnable dir
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,8 @@ def case_spacing(seed: int, number: int) -> tuple[float, float, float]:
 def synthetic_case(number: int = 0, *, size: Sequence[int] = (64, 128, 128), channels: int = 1,
                    organ_fraction: float = 0.03, lesions: int = 3, seed: int = 0,
                    ignore: bool = False, regions: bool = False,
-                   median_spacing: Sequence[float] = NOMINAL_SPACING) -> SyntheticCase:
+                   median_spacing: Sequence[float] = NOMINAL_SPACING,
+                   lesion_spec: LesionSpec = DEFAULT_LESIONS) -> SyntheticCase:
     """Generate case ``number`` in memory; ``size`` is its approximate shape at
     ``median_spacing`` (the dataset writer passes the training cases' median). ``regions``
     gives the BraTS-like values (1 organ, 2 core shell, 3 lesion, ignore 4)."""
@@ -86,7 +99,7 @@ def synthetic_case(number: int = 0, *, size: Sequence[int] = (64, 128, 128), cha
     spacing = np.array(case_spacing(seed, number))
     extent = np.asarray(size) * np.asarray(median_spacing) * rng.uniform(0.87, 1.13, 3)
     shape = tuple(int(v) for v in np.maximum(8, np.rint(extent / spacing)))
-    tissue, organ, lesion = anatomy(rng, shape, spacing, organ_fraction, lesions)
+    tissue, organ, lesion = anatomy(rng, shape, spacing, organ_fraction, lesions, lesion_spec)
     core = core_shell(organ, lesion, spacing) if regions else None
     label = np.zeros(shape, np.uint8)
     label[organ] = 1
@@ -96,7 +109,7 @@ def synthetic_case(number: int = 0, *, size: Sequence[int] = (64, 128, 128), cha
     if ignore:  # the slabs keep clear of the lesions (and of their core shells)
         mark_ignore(rng, label, lesion if core is None else lesion | core,
                     value=4 if regions else 3)
-    images = [ct_image(rng, tissue, organ, lesion, spacing, core)]
+    images = [ct_image(rng, tissue, organ, lesion, spacing, core, lesion_spec)]
     if channels == 2:
         images.append(mr_image(rng, tissue, organ, lesion, spacing, core))
     return SyntheticCase(f"synth_{number:03d}", tuple(images), label,
@@ -108,12 +121,15 @@ def write_synthetic_dataset(out_dir: str | Path, *, cases: int = 8, test_cases: 
                             organ_fraction: float = 0.03, lesions: int = 3, seed: int = 0,
                             layout: str = "msd", file_ending: str = ".nii.gz",
                             ignore: bool = False, regions: bool = False,
+                            lesion_spec: LesionSpec = DEFAULT_LESIONS, held_out: int = 0,
                             progress: Callable[[str], None] | None = None) -> Path:
     """Write a seeded phantom dataset in the MSD layout (default) or nnU-Net v2 raw layout
     and return its directory. Training ids are ``synth_000``...; test ids start at the next
     multiple of 100, so they never collide. ``progress`` is called with each case id written.
     A directory holding an earlier pgps-synth dataset is refreshed (its old case files go);
-    any other non-empty directory is refused."""
+    any other non-empty directory is refused. ``held_out`` > 0 writes ``splits_final.json``
+    (nnU-Net's format) with one fold whose validation cases are the last ``held_out``
+    training cases: pgps-train --splits on it never trains on them."""
     _check(size, channels, organ_fraction, lesions, seed)
     out = Path(out_dir)
     if layout not in ("msd", "nnunet") or file_ending not in FILE_ENDINGS:
@@ -125,6 +141,9 @@ def write_synthetic_dataset(out_dir: str | Path, *, cases: int = 8, test_cases: 
     if cases < 1 or test_cases < 0:
         raise PGPSInputError(f"{out}: need at least one training case and no negative test "
                              "count (fix --cases/--test-cases)")
+    if not 0 <= held_out < cases:
+        raise PGPSInputError(f"{out}: --held-out {held_out} must leave at least one of the "
+                             f"{cases} labelled cases for training")
     _prepare(out)
     train = list(range(cases))
     first_test = 100 * (cases // 100 + 1)
@@ -135,7 +154,7 @@ def write_synthetic_dataset(out_dir: str | Path, *, cases: int = 8, test_cases: 
     for number in train + test:
         case = synthetic_case(number, size=size, channels=channels, organ_fraction=organ_fraction,
                               lesions=lesions, seed=seed, ignore=ignore and number in train,
-                              regions=regions, median_spacing=median)
+                              regions=regions, median_spacing=median, lesion_spec=lesion_spec)
         cid, folder = case.case_id, out / ("imagesTr" if number in train else "imagesTs")
         if layout == "msd":  # one file; two channels as one 4D float32 NIfTI, channel last
             both = np.stack(case.images, -1).astype(np.float32)
@@ -147,9 +166,14 @@ def write_synthetic_dataset(out_dir: str | Path, *, cases: int = 8, test_cases: 
             _write(out / "labelsTr" / f"{cid}{file_ending}", case.label, case)
         if progress is not None:
             progress(cid)
+    spec = "" if lesion_spec == DEFAULT_LESIONS else f" {lesion_spec}"
     meta = _dataset_json(layout, train, test, channels, file_ending, ignore, regions,
                          f"{_MARKER} seed={seed} size={tuple(size)} "
-                         f"organ_fraction={organ_fraction} lesions={lesions}")
+                         f"organ_fraction={organ_fraction} lesions={lesions}{spec}")
+    if held_out:
+        ids = [f"synth_{n:03d}" for n in train]
+        split = [{"train": ids[:-held_out], "val": ids[-held_out:]}]
+        (out / SPLITS_FILE).write_text(json.dumps(split, indent=4) + "\n")
     (out / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n")
     return out
 

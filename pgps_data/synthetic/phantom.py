@@ -10,11 +10,34 @@ lesion ⊂ core ⊂ organ; it draws no random numbers, so the other datasets sta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 LESION_BUDGET = 0.001  # lesions never exceed this fraction of a case's voxels
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """How a case's lesions are drawn: at most ``budget`` of its voxels, radii uniform in
+    ``radius_mm``, CT contrast above the organ uniform in ``contrast_hu``: one draw per case,
+    or with ``per_lesion`` one per lesion (connected component). The default is the
+    phantom's historic draw (datasets made with it stay byte-identical)."""
+
+    budget: float = LESION_BUDGET
+    radius_mm: tuple[float, float] = (2.0, 4.0)
+    contrast_hu: tuple[float, float] = (50.0, 80.0)
+    per_lesion: bool = False
+
+
+DEFAULT_LESIONS = LesionSpec()
+
+# The embedded lesion benchmark: a strongly imbalanced class (<= 0.05 % of the voxels) of
+# lesions of varied size (1.5-5 mm radius, the budget shrinks the large ones) and contrast
+# (20-80 HU above the organ, per lesion), so a short CPU run neither misses nor saturates it.
+LESION_BENCHMARK = LesionSpec(budget=0.0005, radius_mm=(1.5, 5.0), contrast_hu=(20.0, 80.0),
+                              per_lesion=True)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], spacing: np.ndarray,
@@ -37,7 +60,8 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], spacing: np.nd
 
 
 def anatomy(rng: np.random.Generator, shape: tuple[int, ...], spacing: np.ndarray,
-             organ_fraction: float, n_lesions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             organ_fraction: float, n_lesions: int,
+             spec: LesionSpec = DEFAULT_LESIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tissue classes (0 outside FOV, 1 air, 2 fat, 3 soft tissue, 4 bone), organ, lesions."""
     nz, ny, nx = shape
     # field of view: zero margin at the top slices and on one y side and one x side
@@ -68,7 +92,7 @@ def anatomy(rng: np.random.Generator, shape: tuple[int, ...], spacing: np.ndarra
     tissue[inside & (rel < fat_rim) & spine[None]] = 4
     soft = tissue == 3
     organ = _organ(rng, soft, spacing, organ_fraction, cy, cx, by, bx)
-    lesion = _lesions(rng, organ, spacing, n_lesions)
+    lesion = _lesions(rng, organ, spacing, n_lesions, spec)
     return tissue, organ, lesion
 
 
@@ -103,9 +127,10 @@ def _organ(rng: np.random.Generator, allowed: np.ndarray, spacing: np.ndarray, f
 
 
 def _lesions(rng: np.random.Generator, organ: np.ndarray, spacing: np.ndarray,
-             n: int) -> np.ndarray:
-    """``n`` small spheres (radius 2-4 mm) strictly inside the organ (each with a one-voxel
-    organ shell), shrunk or dropped so that together they stay within the lesion budget."""
+             n: int, spec: LesionSpec = DEFAULT_LESIONS) -> np.ndarray:
+    """``n`` small spheres (radius in ``spec.radius_mm``, default 2-4 mm) strictly inside the
+    organ (each with a one-voxel organ shell), shrunk or dropped so that together they stay
+    within ``spec.budget``."""
     lesion = np.zeros(organ.shape, bool)
     if n == 0 or not organ.any():
         return lesion
@@ -114,10 +139,10 @@ def _lesions(rng: np.random.Generator, organ: np.ndarray, spacing: np.ndarray,
     lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, organ.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     dist = ndimage.distance_transform_edt(organ[box], sampling=spacing)
-    smax, budget = float(spacing.max()), int(LESION_BUDGET * organ.size)
+    smax, budget = float(spacing.max()), int(spec.budget * organ.size)
     used = 0
     for _ in range(n):
-        radius = max(0.0, min(rng.uniform(2.0, 4.0), float(dist.max()) - smax - 1e-3))
+        radius = max(0.0, min(rng.uniform(*spec.radius_mm), float(dist.max()) - smax - 1e-3))
         ok = np.flatnonzero(dist.ravel() > radius + smax)
         if ok.size == 0:
             break
@@ -180,16 +205,22 @@ def mark_ignore(rng: np.random.Generator, label: np.ndarray, lesion: np.ndarray,
 
 
 def ct_image(rng: np.random.Generator, tissue: np.ndarray, organ: np.ndarray, lesion: np.ndarray,
-        spacing: np.ndarray, core: np.ndarray | None = None) -> np.ndarray:
+        spacing: np.ndarray, core: np.ndarray | None = None,
+        spec: LesionSpec = DEFAULT_LESIONS) -> np.ndarray:
     """Hounsfield units as int16: 0 outside the FOV, air -1000, fat -100, soft tissue 40,
-    bone ~500, organ ~115, lesions ~65 HU brighter than their organ (a ``core`` shell half
-    as much); smooth texture + noise."""
+    bone ~500, organ ~115, lesions brighter than their organ by ``spec.contrast_hu`` (default
+    50-80 HU; a ``core`` shell half as much); smooth texture + noise."""
     hu = np.array([0, -1000, -100, 40, rng.uniform(400, 700)], np.float32)
     ct = hu[tissue]
     organ_hu = rng.uniform(100, 130)
     ct[organ] = organ_hu
-    brighter = rng.uniform(50, 80)
+    brighter = rng.uniform(*spec.contrast_hu)
     ct[lesion] = organ_hu + brighter
+    if spec.per_lesion:  # every lesion its own contrast (the case draw stays the first)
+        components, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            contrast = np.concatenate([[0.0, brighter], rng.uniform(*spec.contrast_hu, n - 1)])
+            ct[lesion] = organ_hu + contrast[components[lesion]].astype(np.float32)
     if core is not None:
         ct[core] = organ_hu + brighter / 2
     body = tissue >= 2

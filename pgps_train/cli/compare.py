@@ -1,11 +1,13 @@
 """``pgps-compare``: test the PGPS papers' claims on a store, or tabulate finished runs.
 
-    pgps-compare run STORE --out DIR [--modes ...] [--seeds 0 1 2] [--net unet] ...
+    pgps-compare run STORE --out DIR [--modes ...] [--seeds 0 1 2] [--net unet]
+        [--preset tiny|lesion-cpu|paper] [--budget iterations|seconds] [--splits FILE] ...
     pgps-compare report RUN_DIR ...      (also: pgps-compare RUN_DIR ...)
 
 ``run`` trains every mode × seed alike (one after another; finished runs are skipped, a
 killed one resumes), scores the fold's held-out cases, and writes report.html, report.md
-and report.json with the claim table into DIR. ``report`` prints the table of finished
+and report.json with the claim table into DIR (``--budget seconds``: every mode's run
+length planned to its seed's constant time, report in DIR/equal-seconds). ``report`` prints the table of finished
 pgps-train runs. Runnable as ``python -m pgps_train.cli.compare``.
 """
 
@@ -35,8 +37,16 @@ def _run_parser() -> argparse.ArgumentParser:
                    default=["constant", "efficiency", "performance"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--net", choices=NETWORKS, default="unet")
-    p.add_argument("--preset", choices=["tiny", "none"], default="tiny",
-                   help="pgps-train's run size ('none': its defaults)")
+    p.add_argument("--preset", choices=["tiny", "lesion-cpu", "paper"], default="tiny",
+                   help="pgps-train's run size: tiny (the demo's), lesion-cpu (the lesion "
+                   "benchmark on 2 CPU cores, ~45 min for 3 modes x 3 seeds), paper (the "
+                   "papers' 1000 epochs x 250 iterations; a GPU's job)")
+    p.add_argument("--budget", choices=["iterations", "seconds"], default="iterations",
+                   help="iterations: every mode the same iterations; seconds: every mode's "
+                   "run length planned so its whole schedule fits its seed's constant time "
+                   "(the constant runs are shared; report in OUT/equal-seconds)")
+    p.add_argument("--splits", metavar="splits_final.json",
+                   help="the folds (nnU-Net's format; pgps-synth --held-out writes one)")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--fold", default="0", help="the fold whose validation cases are held out")
     p.add_argument("--lesion-classes", nargs="*", metavar="NAME",
@@ -81,9 +91,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from pgps_train.comparison.run import ComparePlan, compare
 
     plan = ComparePlan(store=args.store, out=args.out, modes=args.modes, seeds=args.seeds,
-                       net=args.net, preset=None if args.preset == "none" else args.preset,
-                       device=args.device, fold=args.fold,
-                       train_args=shlex.split(args.train_args),
+                       net=args.net, preset=None if args.preset == "paper" else args.preset,
+                       device=args.device, fold=args.fold, budget=args.budget,
+                       train_args=[*(["--splits", args.splits] if args.splits else []),
+                                   *shlex.split(args.train_args)],
                        lesion_classes=args.lesion_classes,
                        command="pgps-compare " + " ".join(shlex.quote(a) for a in argv))
     paths, status = run_or_explain(
@@ -93,6 +104,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if paths is None:
         return status
     print(f"pgps-compare: report in {paths['html']} (and report.md, report.json)")
+    verdicts = {True: "holds", False: "does not hold", None: "reported"}
+    for claim in json.loads(paths["json"].read_text())["claims"]:  # a run ends with verdicts
+        print(f"  {claim['claim']}: {claim['ours']} [{verdicts[claim['holds']]}; paper: "
+              f"{claim['paper']}]")
     return 0
 
 

@@ -3,7 +3,10 @@ the papers' claims tested and reported.
 
 Each run is an ordinary `pgps-train` run in ``OUT/runs/<mode>-seed<k>/`` (same store,
 network, preset, fold and iteration budget; only mode and seed differ), so every run can be
-inspected, predicted with or compared on its own. Runs go one after another: timed runs
+inspected, predicted with or compared on its own. With ``--budget seconds`` the other
+modes' runs go to ``OUT/runs/<mode>-seconds-seed<k>/``, each planned (:mod:`.budget`) to
+fit the constant run of its seed, which both budgets share; that report goes to
+``OUT/equal-seconds/``. Runs go one after another: timed runs
 must not share the machine. A finished run (its summary.json) is skipped and a killed one
 resumed from its checkpoint, so a killed comparison continues where it stopped.
 
@@ -27,11 +30,14 @@ from typing import Any
 from pgps_data.errors import PGPSInputError
 from pgps_train.checkpoint import LATEST
 from pgps_train.comparison import statistics
+from pgps_train.comparison.budget import plan_length
 from pgps_train.comparison.report import write_report
 from pgps_train.run_dir import is_run_folder
 from pgps_train.runlog import NOT_TRAINING
 
 DEFAULT_MODES = ("constant", "efficiency", "performance")
+BUDGETS = ("iterations", "seconds")
+SECONDS_DIR = "equal-seconds"  # the --budget seconds report, inside OUT
 LESION_WORDS = ("lesion", "tumour", "tumor", "metasta", "nodule", "enhancing")
 
 
@@ -54,12 +60,19 @@ class ComparePlan:
     fold: str = "0"
     train_args: Sequence[str] = ()
     lesion_classes: Sequence[str] | None = None
+    budget: str = "iterations"  # or "seconds": every mode fits its seed's constant time
     command: str = ""
     overrides: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields (API use)
 
 
-def run_folder(plan: ComparePlan, mode: str, seed: int) -> Path:
-    return Path(plan.out) / "runs" / f"{mode}-seed{seed}"
+def run_folder(plan: ComparePlan, mode: str, seed: int, budget: str | None = None) -> Path:
+    """``OUT/runs/<mode>[-seconds]-seed<k>``: constant's run is the same for both budgets."""
+    timed = (budget or plan.budget) == "seconds" and mode != "constant"
+    return Path(plan.out) / "runs" / f"{mode}{'-seconds' if timed else ''}-seed{seed}"
+
+
+def report_folder(plan: ComparePlan) -> Path:
+    return Path(plan.out) / SECONDS_DIR if plan.budget == "seconds" else Path(plan.out)
 
 
 def train_all(plan: ComparePlan, *, log: Callable[..., None] = print) -> list[Path]:
@@ -86,12 +99,35 @@ def train_all(plan: ComparePlan, *, log: Callable[..., None] = print) -> list[Pa
             cfg = resume_config(args, saved_config(out)) if resume else config_from_args(args)
             if plan.overrides:
                 cfg = dataclasses.replace(cfg, **plan.overrides)
+            if plan.budget == "seconds" and mode != "constant" and not resume:
+                length = plan_length(run_folder(plan, "constant", seed), mode,
+                                     reference_run=run_folder(plan, mode, seed, "iterations"))
+                cfg = dataclasses.replace(cfg, epochs=length["epochs"],
+                                          iterations_per_epoch=length["iterations_per_epoch"])
+                _record_plan(plan, out.name, length)
+                log(f"pgps-compare: {mode} seed {seed}: {length['iterations']} iterations "
+                    f"planned to fit constant's {length['target_seconds']:.0f} s "
+                    f"({length['planned_seconds']:.0f} s predicted, step times "
+                    f"{length['step_times']})")
             if started:
                 _check_own(out, mode, seed)
             log(f"pgps-compare: {mode} seed {seed}: {'resuming' if resume else 'training'} "
                 f"in {out}")
             train(cfg, resume=resume, overwrite=started, log=log)
     return folders
+
+
+PLANS = "plans.json"  # --budget seconds: each run's planned length, in the report folder
+
+
+def _record_plan(plan: ComparePlan, name: str, length: Mapping[str, Any]) -> None:
+    from pgps_train.comparison.result import write_atomic
+
+    path = report_folder(plan) / PLANS
+    plans = json.loads(path.read_text()) if path.is_file() else {}
+    plans[name] = dict(length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(plans, indent=1) + "\n").encode())
 
 
 def _check_own(out: Path, mode: str, seed: int) -> None:
@@ -105,6 +141,12 @@ def _check_own(out: Path, mode: str, seed: int) -> None:
 def collect(plan: ComparePlan, folders: Sequence[Path]) -> dict[str, Any]:
     """The report's result dict (the contract in :mod:`.result`) from finished runs."""
     runs = [run_record(folder) for folder in folders]
+    plans_path = report_folder(plan) / PLANS
+    plans = json.loads(plans_path.read_text()) if plans_path.is_file() else {}
+    for run, folder in zip(runs, folders):
+        if folder.name in plans:  # --budget seconds: what the plan predicted, beside the run
+            run["planned_seconds"] = plans[folder.name]["planned_seconds"]
+            run["step_times"] = plans[folder.name]["step_times"]
     classes = list(dict.fromkeys(c for r in runs for scores in r["dice"].values()
                                  for c in scores))  # the label order of the runs' scores
     if not classes:
@@ -123,8 +165,10 @@ def collect(plan: ComparePlan, folders: Sequence[Path]) -> dict[str, Any]:
              "seed_spread": statistics.seed_spread(stats_runs, classes),
              "reach_times": statistics.reach_times(stats_runs, baseline=baseline)}
     config = json.loads((folders[0] / "config.json").read_text()) if folders else {}
-    return {"title": f"PGPS comparison on {Path(plan.store).name}", "store": plan.store,
-            "preset": plan.preset or "none", "net": plan.net, "budget": "iterations",
+    budget = "equal seconds" if plan.budget == "seconds" else "equal iterations"
+    return {"title": f"PGPS comparison on {Path(plan.store).name} ({budget})",
+            "store": plan.store,
+            "preset": plan.preset or "none", "net": plan.net, "budget": plan.budget,
             "device": plan.device, "machine": _machine(), "command": plan.command,
             "classes": classes, "lesion_classes": lesions, "runs": runs,
             "statistics": stats, "iterations": config.get("iterations")}
@@ -222,6 +266,11 @@ def compare(plan: ComparePlan, *, log: Callable[..., None] = print) -> dict[str,
     if out == store or store in out.parents:
         raise PGPSInputError(f"{plan.out}: is inside the store {plan.store}; choose an --out "
                              "outside it (nothing was written)")
-    check_out(Path(plan.out))
+    if plan.budget not in BUDGETS:
+        raise PGPSInputError(f"--budget {plan.budget}: use one of {', '.join(BUDGETS)}")
+    if plan.budget == "seconds" and "constant" not in plan.modes:
+        raise PGPSInputError("--budget seconds plans every mode from constant's measured time: "
+                             "include constant in --modes")
+    check_out(report_folder(plan))
     folders = train_all(plan, log=log)
-    return write_report(collect(plan, folders), Path(plan.out))
+    return write_report(collect(plan, folders), report_folder(plan))
