@@ -40,15 +40,17 @@ bench: $(STAMP) nnunet-venv
 # The lesion benchmark (about 35 + 30 minutes on 2 CPU cores): constant, efficiency and
 # performance x 3 seeds with augmentation, at equal iterations, then at equal seconds (the
 # constant runs shared). Rerun to continue after a stop; reports in $(COMPARE)/out.
+# SEEDS=0 runs one seed (about 20 minutes; no significance from one seed).
 COMPARE ?= runs/compare
+SEEDS   ?= 0 1 2
 LESION  := $(COMPARE)/Task01_Lesion
 compare: $(STAMP)
 	@test -f $(LESION)/dataset.json || $(PY) -m pgps_data.cli.synth $(LESION) --preset lesion
 	$(PY) -m pgps_data.cli.convert $(LESION) $(COMPARE)/lesion.zarr --workers 2 --quiet
 	$(PY) -m pgps_train.cli.compare run $(COMPARE)/lesion.zarr --out $(COMPARE)/out \
-	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget iterations
+	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget iterations --seeds $(SEEDS)
 	$(PY) -m pgps_train.cli.compare run $(COMPARE)/lesion.zarr --out $(COMPARE)/out \
-	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget seconds
+	  --preset lesion-cpu --splits $(LESION)/splits_final.json --budget seconds --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) .venv-nnunet .pytest_cache .ruff_cache
