@@ -125,6 +125,13 @@ def test_efficiency_too_slow_or_too_far_below_does_not_hold(change, ours):
     assert (row["ours"], row["holds"]) == (ours, False)
 
 
+def test_efficiency_above_the_baseline_dice_holds():
+    """The claim is baseline Dice in less time: 8 points *above* it is more than the claim
+    (the lesion benchmark's first run found this), not a miss."""
+    row = claims_by_name(make_result(efficiency={"offset": {"organ": 0.08, "lesion": 0.08}}))["time"]
+    assert (row["ours"], row["holds"]) == ("40 % of the time, ΔDice +8.00 points", True)
+
+
 def test_a_missing_mode_gives_no_verdict():
     claims = claims_by_name(make_result(efficiency=None))
     assert claims["time"]["holds"] is None and claims["reach"]["holds"] is None
