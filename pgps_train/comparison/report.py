@@ -74,14 +74,18 @@ def claim_rows(result: Mapping) -> list[dict[str, Any]]:
             _performance_dice(result, base), _variance(result)]
 
 
+def _dice_points(result: Mapping, mode: str) -> float | None:
+    """``mode``'s mean Dice over the classes minus constant's, in points (x100)."""
+    pairs = [(dice_cell(result, mode, c).get("mean"), dice_cell(result, "constant", c).get("mean"))
+             for c in result["classes"]]
+    pairs = [(m, b) for m, b in pairs if m is not None and b is not None]
+    return 100 * (mean_of(m for m, _ in pairs) - mean_of(b for _, b in pairs)) if pairs else None
+
+
 def _efficiency_time(result: Mapping, base: float | None) -> dict[str, Any]:
     if result["budget"] == "seconds":
         return _efficiency_at_equal_seconds(result, base)
-    ratio = _ratio(_train_seconds(result, "efficiency"), base)
-    pairs = [(dice_cell(result, "efficiency", c).get("mean"), dice_cell(result, "constant", c).get("mean"))
-             for c in result["classes"]]
-    pairs = [(e, b) for e, b in pairs if e is not None and b is not None]
-    delta = 100 * (mean_of(e for e, _ in pairs) - mean_of(b for _, b in pairs)) if pairs else None
+    ratio, delta = _ratio(_train_seconds(result, "efficiency"), base), _dice_points(result, "efficiency")
     holds = None if ratio is None or delta is None else bool(
         ratio <= EFFICIENCY_MAX_RATIO + _EPS and delta >= -EFFICIENCY_MAX_DICE_POINTS - _EPS)
     return {"claim": "efficiency: baseline Dice in less time",
@@ -96,11 +100,7 @@ def _efficiency_time(result: Mapping, base: float | None) -> dict[str, Any]:
 
 def _efficiency_at_equal_seconds(result: Mapping, base: float | None) -> dict[str, Any]:
     """At equal seconds the time is fixed by design: report the Dice it buys, no verdict."""
-    ratio = _ratio(_train_seconds(result, "efficiency"), base)
-    cells = [(dice_cell(result, "efficiency", c).get("mean"), dice_cell(result, "constant", c).get("mean"))
-             for c in result["classes"]]
-    cells = [(e, b) for e, b in cells if e is not None and b is not None]
-    delta = 100 * (mean_of(e for e, _ in cells) - mean_of(b for _, b in cells)) if cells else None
+    ratio, delta = _ratio(_train_seconds(result, "efficiency"), base), _dice_points(result, "efficiency")
     return {"claim": "efficiency: baseline Dice in less time",
             "paper": "baseline Dice in 44 % of the training time",
             "ours": ("efficiency or constant missing" if delta is None else
