@@ -37,7 +37,7 @@ bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_augment.py
 
-# The lesion benchmark (about 35 + 30 minutes on 2 CPU cores): constant, efficiency and
+# The lesion benchmark (about 33 + 25 minutes on 2 CPU cores): constant, efficiency and
 # performance x 3 seeds with augmentation, at equal iterations, then at equal seconds (the
 # constant runs shared). Rerun to continue after a stop; reports in $(COMPARE)/out.
 # SEEDS=0 runs one seed (about 20 minutes; no significance from one seed).

@@ -39,7 +39,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", choices=NETWORKS, default="unet")
     p.add_argument("--preset", choices=["tiny", "lesion-cpu", "paper"], default="tiny",
                    help="pgps-train's run size: tiny (the demo's), lesion-cpu (the lesion "
-                   "benchmark on 2 CPU cores, ~35 min for 3 modes x 3 seeds), paper (the "
+                   "benchmark on 2 CPU cores, ~33 min for 3 modes x 3 seeds), paper (the "
                    "papers' 1000 epochs x 250 iterations; a GPU's job)")
     p.add_argument("--budget", choices=["iterations", "seconds"], default="iterations",
                    help="iterations: every mode the same iterations; seconds: every mode's "

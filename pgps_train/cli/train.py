@@ -37,8 +37,8 @@ TINY_UNET = {"base_filters": 8, "max_filters": 32}
 # --preset lesion): the tiny network and patch budget, 3x the iterations, a validation
 # every 80 steps (the pseudo-Dice curve) and a checkpoint every 160 (a killed comparison
 # resumes). Measured on the 2-core machine at 720 iterations: constant trains in 194 s,
-# 270 s with the final evaluation of 24 held-out cases (lesion Dice 0.79); at these 640,
-# 3 modes x 3 seeds should take about 35 minutes (an estimate from that run).
+# 270 s with the final evaluation of 24 held-out cases; at these 640, one seed of the three
+# modes took 11 minutes with the evaluations (2026-12-02): 3 seeds about 33 minutes.
 LESION_CPU = {**TINY, "iterations_per_epoch": 40, "eval_every": 80, "eval_batches": 4,
               "save_every": 160}
 PRESETS = {"tiny": TINY, "lesion-cpu": LESION_CPU}  # pgps-train's defaults are the papers'
