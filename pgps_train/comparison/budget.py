@@ -38,7 +38,7 @@ def plan_length(constant_run: Path, mode: str, *,
     are used. Returns the plan (what was chosen, the predicted and target seconds, and
     whether the step times were measured or modelled).
     """
-    summary, cur_c = _finished(constant_run)
+    summary, cur_c, one_per_stage = _finished(constant_run)
     target = float(summary["seconds_train"])
     steps_c = stage_step_seconds(summary)
     if len(steps_c) != 1:
@@ -59,7 +59,6 @@ def plan_length(constant_run: Path, mode: str, *,
             total += t * st.iterations
         return total, modelled
 
-    one_per_stage = summary.get("_epochs_auto", False)
     stages = len(_curriculum(cur_c, mode, 10**6, 1).patch_sizes) if mode != "constant" else 1
 
     def build(length: int) -> Curriculum:
@@ -85,18 +84,19 @@ def plan_length(constant_run: Path, mode: str, *,
             "constant_run": str(constant_run)}
 
 
-def _finished(run: Path) -> tuple[dict[str, Any], Curriculum]:
+def _finished(run: Path) -> tuple[dict[str, Any], Curriculum, bool]:
+    """A finished run's summary, curriculum, and whether it has one epoch per stage
+    (epochs 0 in its config.json, the tiny presets)."""
     try:
         summary = json.loads((run / "summary.json").read_text())
         cur = Curriculum.from_dict(json.loads((run / "curriculum.json").read_text()))
-        # epochs 0 in config.json: one epoch per stage (the tiny presets)
-        summary["_epochs_auto"] = json.loads((run / "config.json").read_text())["epochs"] == 0
+        one_per_stage = json.loads((run / "config.json").read_text())["epochs"] == 0
     except (OSError, ValueError, KeyError) as exc:
         raise PGPSInputError(f"{run}: not a finished pgps-train run to plan from ({exc})") from None
     if summary.get("resumed_at_step"):
         raise PGPSInputError(f"{run}: was resumed after a stop, so its seconds_train times only "
                              "its last part; train it again to plan equal seconds from it")
-    return summary, cur
+    return summary, cur, one_per_stage
 
 
 def _curriculum(like: Curriculum, mode: str, epochs: int, iterations_per_epoch: int) -> Curriculum:

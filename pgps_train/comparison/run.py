@@ -32,6 +32,7 @@ from pgps_train.checkpoint import LATEST
 from pgps_train.comparison import statistics
 from pgps_train.comparison.budget import plan_length
 from pgps_train.comparison.report import write_report
+from pgps_train.comparison.result import write_atomic
 from pgps_train.run_dir import is_run_folder
 from pgps_train.runlog import NOT_TRAINING
 
@@ -121,8 +122,6 @@ PLANS = "plans.json"  # --budget seconds: each run's planned length, in the repo
 
 
 def _record_plan(plan: ComparePlan, name: str, length: Mapping[str, Any]) -> None:
-    from pgps_train.comparison.result import write_atomic
-
     path = report_folder(plan) / PLANS
     plans = json.loads(path.read_text()) if path.is_file() else {}
     plans[name] = dict(length)
