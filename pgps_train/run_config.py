@@ -79,9 +79,15 @@ def check_agrees(config: dict[str, Any], saved: dict[str, Any] | None,
     """Refuse (one line) a resume whose configuration differs from the run's config.json."""
     if saved is None:
         return
-    for key, value in config.items():
-        if key in saved and key not in HARMLESS | NOT_COMPARED | INFORMATIONAL:
-            _refuse_if_different(key, saved[key], value, out)
+    for key in differences(config, saved):
+        _refuse_if_different(key, saved[key], config[key], out)
+
+
+def differences(config: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """The TrainConfig fields in which ``config`` would train another run than ``saved``."""
+    return [key for key, value in config.items()
+            if key in saved and key not in HARMLESS | NOT_COMPARED | INFORMATIONAL
+            and _norm(key, saved[key]) != _norm(key, value)]
 
 
 def _refuse_if_different(key: str, saved: Any, given: Any, out: str | os.PathLike) -> None:

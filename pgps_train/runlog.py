@@ -32,6 +32,7 @@ schedule table and the evaluation lines go to stderr (``progress_console``).
 from __future__ import annotations
 
 import csv
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,7 @@ class RunLog:
         self.curve: list[list[float | None]] = []
         self.cuda = torch.device(device).type == "cuda"
         self.stages: dict[int, dict[str, Any]] = {}
+        self._step_seconds: dict[int, list[float]] = {}  # per stage, every step's seconds
         self._stage: int | None = None
         self.cur = cur
         self.quiet = quiet
@@ -178,6 +180,7 @@ class RunLog:
         st = self.stages.setdefault(stage.index, {
             "patch": list(stage.patch), "batch": stage.batch, "steps": 0,
             "seconds_compute": 0.0, "seconds_wait": 0.0, "seconds_augment": 0.0})
+        self._step_seconds.setdefault(stage.index, []).append(compute + wait + augment)
         st["steps"] += 1
         st["seconds_compute"] += compute
         st["seconds_wait"] += wait
@@ -191,7 +194,10 @@ class RunLog:
                                           st.get("peak_memory_bytes", 0))
 
     def stage_summary(self) -> list[dict[str, Any]]:
-        """Per stage: steps, seconds, mean step time, data-wait share, CUDA peak memory."""
+        """Per stage: steps, seconds, mean and median step time, data-wait share, CUDA peak
+        memory. The median is the steady step time: the mean less the stage's start (new
+        shapes, a loader refilling) spread over its steps, which the equal-seconds planner
+        needs apart."""
         rows = []
         for k, st in sorted(self.stages.items()):
             total = st["seconds_compute"] + st["seconds_wait"] + st["seconds_augment"]
@@ -203,6 +209,8 @@ class RunLog:
                          "seconds_wait": round(st["seconds_wait"], 3),
                          "seconds_augment": round(st["seconds_augment"], 3),
                          "seconds_per_step": round(total / max(st["steps"], 1), 5),
+                         "seconds_per_step_median": round(
+                             statistics.median(self._step_seconds.get(k) or [0.0]), 5),
                          "wait_share": round(st["seconds_wait"] / max(total, 1e-9), 4),
                          "augment_share": round(st["seconds_augment"] / max(total, 1e-9), 4)})
         return rows

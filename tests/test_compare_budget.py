@@ -22,11 +22,12 @@ def _cur(mode: str, epochs: int, ipe: int) -> Curriculum:
 
 
 def _run(folder: Path, cur: Curriculum, seconds_per_step, *, overhead: float = 0.0,
-         epochs_auto: bool = True, resumed: bool = False) -> Path:
+         epochs_auto: bool = True, resumed: bool = False, median=None) -> Path:
     """A finished run folder as pgps-train leaves it (the files the planner reads)."""
     folder.mkdir(parents=True)
     stages = [{"stage": s.index, "patch": list(s.patch), "batch": s.batch, "steps": s.iterations,
-               "seconds_per_step": seconds_per_step(s)} for s in cur.stages]
+               "seconds_per_step": seconds_per_step(s),
+               **({"seconds_per_step_median": median(s)} if median else {})} for s in cur.stages]
     train = overhead + sum(st["steps"] * st["seconds_per_step"] for st in stages)
     summary = {"seconds_train": train, "stages": stages,
                **({"resumed_at_step": 5} if resumed else {})}
@@ -65,6 +66,21 @@ def test_measured_step_times_are_used_where_present(tmp_path):
     assert plan["step_times"] == "measured"
     assert plan["iterations_per_epoch"] == 40  # exactly twice as many 0.25-s steps
     assert plan["planned_seconds"] == pytest.approx(0.5 * 20 * S)
+
+
+def test_a_stages_start_is_paid_once_however_long_the_stage(tmp_path):
+    """Measured stages cost a fixed start (mean less median, times the steps) plus the
+    median per step, and the reference run's own time outside its steps: planning with the
+    mean alone would spread the starts over every step and plan too short a run."""
+    S = len(_cur("performance", 10**6, 1).stages)
+    const = _run(tmp_path / "c", _cur("constant", S, 20), lambda s: 0.5, overhead=3.0)
+    # each stage's start costs 2 s more than its 20 steps of 0.25 s: mean 0.35 s per step
+    ref = _run(tmp_path / "p", _cur("performance", S, 20), lambda s: 0.35, overhead=3.0,
+               median=lambda s: 0.25)
+    plan = plan_length(const, "performance", reference_run=ref)
+    # 3 + S * (2 + 0.25 n) <= 3 + 10 S  ->  n = 32 (the mean alone gives 28)
+    assert plan["iterations_per_epoch"] == 32
+    assert plan["planned_seconds"] == pytest.approx(3 + S * (2 + 0.25 * 32))
 
 
 def test_many_epochs_scale_the_epochs_not_their_length(tmp_path):

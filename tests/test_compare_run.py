@@ -87,6 +87,18 @@ def test_a_second_run_skips_finished_runs(plan, compared):
     assert not any("training" in line for line in lines)
 
 
+def test_a_finished_run_trained_otherwise_is_refused_not_mixed_in(plan, compared):
+    """Another iteration budget (a changed preset, say) must not reuse the finished runs."""
+    longer = ComparePlan(**{**plan.__dict__,
+                            "overrides": {**plan.overrides, "iterations_per_epoch": 3}})
+    summary = run_folder(plan, "constant", 0) / "summary.json"
+    before = summary.read_bytes()
+    with pytest.raises(PGPSInputError, match=r"constant-seed0/config.json: this finished run "
+                       r"has --iterations-per-epoch 2, the comparison asks for 3"):
+        compare(longer)
+    assert summary.read_bytes() == before
+
+
 def test_a_run_left_without_a_checkpoint_is_restarted_only_when_it_is_ours(plan, compared):
     folder = run_folder(plan, "constant", 0)
     config = json.loads((folder / "config.json").read_text())

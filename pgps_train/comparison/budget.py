@@ -2,13 +2,15 @@
 its whole schedule, with the learning rate falling to 0, fits constant's measured time.
 
 A run is never cut short: its length (epochs, or iterations per epoch when there is one
-epoch per stage) is chosen before it starts, from a per-step time for every stage of its
-schedule. That time is *measured* where the comparison already trained the same mode at
-equal iterations (its summary's ``seconds_per_step`` for the same patch and batch), and
-otherwise *modelled* from constant's step time scaled by the voxels per step (what a CPU
-pays; a GPU pays relatively more for small steps, so a modelled plan can overrun there).
-Constant's startup overhead (loader start, the first steps) is added to every plan. The
-report prints the planned and the measured seconds, so a miss is visible, not hidden.
+epoch per stage) is chosen before it starts, from a time for every stage of its schedule.
+That time is *measured* where the comparison already trained the same mode at equal
+iterations: per stage (same patch and batch) a fixed start (the stage's seconds less its
+median step time × its steps: new shapes, a loader refilling) plus the median step time per
+step, and that run's own time outside the steps (loader start, stage changes). Otherwise it
+is *modelled* from constant's mean step time scaled by the voxels per step (what a CPU
+pays; a GPU pays relatively more for small steps, so a modelled plan can overrun there)
+plus constant's time outside the steps. The report prints the planned and the measured
+seconds, so a miss is visible, not hidden.
 """
 
 from __future__ import annotations
@@ -23,10 +25,37 @@ from pgps_data import Curriculum
 from pgps_data.errors import PGPSInputError
 
 
-def stage_step_seconds(summary: Mapping[str, Any]) -> dict[tuple[tuple[int, ...], int], float]:
-    """{(patch, batch): seconds per step} of a finished run's summary.json stages."""
+StageKey = tuple[tuple[int, ...], int]  # (patch, batch)
+
+
+def stage_step_seconds(summary: Mapping[str, Any]) -> dict[StageKey, float]:
+    """{(patch, batch): mean seconds per step} of a finished run's summary.json stages."""
     return {(tuple(st["patch"]), int(st["batch"])): float(st["seconds_per_step"])
             for st in summary.get("stages") or [] if st.get("steps")}
+
+
+def stage_costs(summary: Mapping[str, Any]) -> dict[StageKey, tuple[float, float]]:
+    """{(patch, batch): (fixed seconds, seconds per step)} of a finished run's stages.
+
+    The per-step cost is the stage's median step time and the fixed cost what its steps
+    took beyond that (its first steps); a summary without medians (older runs) gives the
+    mean and no fixed cost.
+    """
+    costs = {}
+    for st in summary.get("stages") or []:
+        if not st.get("steps"):
+            continue
+        mean = float(st["seconds_per_step"])
+        steady = float(st.get("seconds_per_step_median") or mean)
+        costs[(tuple(st["patch"]), int(st["batch"]))] = (max(0.0, (mean - steady) * st["steps"]),
+                                                         steady)
+    return costs
+
+
+def outside_steps(summary: Mapping[str, Any]) -> float:
+    """A run's training seconds outside its steps (loader start, stage changes)."""
+    inside = sum(float(st["seconds_per_step"]) * st["steps"] for st in summary.get("stages") or [])
+    return max(0.0, float(summary["seconds_train"]) - inside)
 
 
 def plan_length(constant_run: Path, mode: str, *,
@@ -44,19 +73,20 @@ def plan_length(constant_run: Path, mode: str, *,
     if len(steps_c) != 1:
         raise PGPSInputError(f"{constant_run}: not a constant-mode run (one stage expected)")
     (((patch_c, batch_c), t_c),) = steps_c.items()
-    overhead = max(0.0, target - t_c * cur_c.total_iterations)
-    measured: dict[tuple[tuple[int, ...], int], float] = {}
+    overhead = outside_steps(summary)
+    measured: dict[StageKey, tuple[float, float]] = {}
     if reference_run is not None and (reference_run / "summary.json").is_file():
-        measured = stage_step_seconds(_finished(reference_run)[0])
+        reference = _finished(reference_run)[0]
+        measured, overhead = stage_costs(reference), outside_steps(reference)
     per_voxel = t_c / (batch_c * math.prod(patch_c))
 
     def predicted(cur: Curriculum) -> tuple[float, bool]:
         total, modelled = overhead, False
         for st in cur.stages:
-            t = measured.get((tuple(st.patch), st.batch))
+            fixed, t = measured.get((tuple(st.patch), st.batch), (0.0, None))
             if t is None:
                 t, modelled = per_voxel * st.batch * st.voxels, True
-            total += t * st.iterations
+            total += fixed + t * st.iterations
         return total, modelled
 
     stages = len(_curriculum(cur_c, mode, 10**6, 1).patch_sizes) if mode != "constant" else 1

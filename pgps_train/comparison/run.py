@@ -88,15 +88,16 @@ def train_all(plan: ComparePlan, *, log: Callable[..., None] = print) -> list[Pa
         for mode in modes:
             out = run_folder(plan, mode, seed)
             folders.append(out)
-            if (out / "summary.json").is_file():
-                log(f"pgps-compare: {mode} seed {seed}: finished, skipped ({out})")
-                continue
-            resume = is_run_folder(out) and (out / LATEST).is_file()
-            started = is_run_folder(out) and not resume  # ours, killed before a checkpoint
             cli = [plan.store, "--out", str(out), "--mode", mode, "--seed", str(seed),
                    "--net", plan.net, "--fold", str(plan.fold), "--device", plan.device,
                    *(["--preset", plan.preset] if plan.preset else []), *plan.train_args]
             args = build_parser().parse_args(cli)
+            if (out / "summary.json").is_file():
+                _check_same(out, config_from_args(args), plan, mode)
+                log(f"pgps-compare: {mode} seed {seed}: finished, skipped ({out})")
+                continue
+            resume = is_run_folder(out) and (out / LATEST).is_file()
+            started = is_run_folder(out) and not resume  # ours, killed before a checkpoint
             cfg = resume_config(args, saved_config(out)) if resume else config_from_args(args)
             if plan.overrides:
                 cfg = dataclasses.replace(cfg, **plan.overrides)
@@ -127,6 +128,27 @@ def _record_plan(plan: ComparePlan, name: str, length: Mapping[str, Any]) -> Non
     plans[name] = dict(length)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(plans, indent=1) + "\n").encode())
+
+
+def _check_same(out: Path, cfg: Any, plan: ComparePlan, mode: str) -> None:
+    """A finished run is reused only when it was trained as this comparison would train it
+    (a changed preset, network or flag would otherwise mix two comparisons in one table);
+    an equal-seconds run's length is its plan's, so it is not compared."""
+    from pgps_train.run_config import differences, flag_name, saved_config
+
+    if plan.overrides:
+        cfg = dataclasses.replace(cfg, **plan.overrides)
+    config = dataclasses.asdict(cfg)
+    if plan.budget == "seconds" and mode != "constant":
+        config = {k: v for k, v in config.items() if k not in ("epochs", "iterations_per_epoch")}
+    saved = saved_config(out) or {}
+    diff = differences(config, saved)
+    if diff:
+        key = diff[0]
+        raise PGPSInputError(
+            f"{out / 'config.json'}: this finished run has {flag_name(key)} {saved[key]}, the "
+            f"comparison asks for {config[key]}; give another --out (or move the run away) to "
+            "compare other settings")
 
 
 def _check_own(out: Path, mode: str, seed: int) -> None:
