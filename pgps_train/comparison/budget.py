@@ -24,7 +24,6 @@ from typing import Any
 from pgps_data import Curriculum
 from pgps_data.errors import PGPSInputError
 
-
 StageKey = tuple[tuple[int, ...], int]  # (patch, batch)
 
 
