@@ -17,9 +17,14 @@ and augmentation stay in: training needs them); ``curve``, one [seconds_train, m
 pseudo-Dice over the foreground classes] per log.csv row; ``voxels`` (batch × patch voxels
 trained on, also per stage); ``peak_memory_bytes`` / ``peak_memory_kind``; per stage the
 delivered ``foreground`` fraction of each class. log.csv's last column ``seconds_wall`` is
-the wall time at the row. Like every timing here these cover this process: a resumed run
-says ``resumed_at_step`` and ``foreground_partial: true`` (the checkpoint carries no run-log
-state), and its stages, voxels, curve and foreground hold the steps it ran itself.
+the wall time at the row. Every checkpoint carries the run log's totals (:meth:`RunLog.
+state_dict`), so a run resumed after a kill or a stop reports the whole run: its timings
+are those of the steps that were kept (steps redone after the kill count once, the time
+lost between the checkpoint and the kill not at all; the new process's loader start-up
+is added), and its stages, voxels, curve and foreground cover every step. Its summary
+says ``resumed_at_step`` and ``totals: "whole run"``. A checkpoint written before this
+carried no run-log state: such a resumed run says ``foreground_partial: true`` and
+``totals: "since resume"``, and its figures hold only the steps it ran itself.
 
 Timing is honest: "wait" is only the time a training step waited for its batch. The first
 batch of a process (starting the workers) is ``seconds_loader_startup``; validation,
@@ -85,7 +90,9 @@ class RunLog:
         self.labels = labels  # None: no delivered-foreground fractions
         self.crops = DeliveredCrops()
         self.curve: list[list[float | None]] = []
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.restored = False  # totals restored from a checkpoint (load_state_dict)
         self.stages: dict[int, dict[str, Any]] = {}
         self._step_seconds: dict[int, list[float]] = {}  # per stage, every step's seconds
         self._stage: int | None = None
@@ -111,6 +118,32 @@ class RunLog:
         self.task = self.progress.add_task("training", total=cur.total_iterations,
                                            completed=resume_from, loss="-")
         self.progress.start()
+
+    def state_dict(self, t_compute: float, t_wait: float) -> dict[str, Any]:
+        """The totals so far, for a checkpoint (plain containers: weights_only loads them):
+        wall seconds, phase timers, per-stage records and step times, voxels and label
+        histograms, the pseudo-Dice curve, and the loop's compute and wait seconds."""
+        return {"wall": self.seconds()[0], "timers": dict(self.timers.seconds),
+                "stages": {k: dict(v) for k, v in self.stages.items()},
+                "step_seconds": {k: list(v) for k, v in self._step_seconds.items()},
+                "voxels": dict(self.crops.voxels),
+                "counts": {k: c.tolist() for k, c in self.crops._counts.items()},
+                "curve": [list(c) for c in self.curve], "last_eval": self.last_eval,
+                "t_compute": t_compute, "t_wait": t_wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> tuple[float, float]:
+        """Continue the totals of :meth:`state_dict`; returns (t_compute, t_wait)."""
+        self.t0 = time.perf_counter() - float(state["wall"])
+        self.timers.seconds.update(state["timers"])
+        self.stages = {int(k): dict(v) for k, v in state["stages"].items()}
+        self._step_seconds = {int(k): list(v) for k, v in state["step_seconds"].items()}
+        self.crops.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
+        self.crops._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=self.device)
+                              for k, v in state["counts"].items()}
+        self.curve = [list(c) for c in state["curve"]]
+        self.last_eval = state["last_eval"]
+        self.restored = True
+        return float(state["t_compute"]), float(state["t_wait"])
 
     def schedule(self, cur: Curriculum) -> None:
         """Print the schedule before training starts."""
@@ -235,8 +268,12 @@ class RunLog:
         self.close()
         wall, train = self.seconds()
         stages = self.stage_summary()
-        resumed = {"resumed_at_step": self.resumed_from,
-                   "foreground_partial": True} if self.resumed_from else {}
+        resumed = {}
+        if self.resumed_from:
+            resumed = ({"resumed_at_step": self.resumed_from, "totals": "whole run"}
+                       if self.restored else
+                       {"resumed_at_step": self.resumed_from, "totals": "since resume",
+                        "foreground_partial": True})
         return {
             "seconds_wall": round(wall, 2),
             "seconds_train": round(train, 3),

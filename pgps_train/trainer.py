@@ -193,6 +193,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
     runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device,
                     labels=labels)
     runlog.schedule(cur)
+    t_wait = t_compute = 0.0
+    if ckpt is not None and "runlog" in ckpt:  # older checkpoints: totals since the resume
+        t_compute, t_wait = runlog.load_state_dict(ckpt["runlog"])
 
     saved_at = start if ckpt is not None else None
 
@@ -207,11 +210,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "loader": {**loader.state_dict(), "next_step": done}, "rng": rng_state(),
                 "step": done, "store_identity": identity,
+                "runlog": runlog.state_dict(t_compute, t_wait),
             })
         saved_at = done
 
     # -- the loop --------------------------------------------------------------------------
-    t_wait = t_compute = 0.0
     t_start = time.perf_counter()
     done, stopped, failure = start, None, None
     stop.graceful = True  # from here a signal ends the run after the current step

@@ -95,6 +95,11 @@ def test_a_resumed_or_unfinished_constant_cannot_be_planned_from(tmp_path):
     resumed = _run(tmp_path / "r", _cur("constant", S, 10), lambda s: 0.1, resumed=True)
     with pytest.raises(PGPSInputError, match="resumed after a stop"):
         plan_length(resumed, "efficiency")
+    # a run resumed from a checkpoint that carried the totals times the whole run
+    whole = _run(tmp_path / "w", _cur("constant", S, 10), lambda s: 0.1, resumed=True)
+    summary = json.loads((whole / "summary.json").read_text())
+    (whole / "summary.json").write_text(json.dumps({**summary, "totals": "whole run"}))
+    assert plan_length(whole, "efficiency")["target_seconds"] == pytest.approx(0.1 * 10 * S)
     with pytest.raises(PGPSInputError, match="not a finished pgps-train run"):
         plan_length(tmp_path / "missing", "efficiency")
     assert math.isfinite(plan_length(_run(tmp_path / "ok", _cur("constant", S, 10),

@@ -195,23 +195,52 @@ def test_foreground_counts_the_augmented_targets_of_the_loss(tiny_store: Path,
     assert summary["voxels"] == 6 * 2 * math.prod(PATCH)
 
 
-def test_a_resumed_run_records_its_own_steps_and_says_so(tiny_store: Path,
+def test_a_resumed_run_records_the_whole_run_and_says_so(tiny_store: Path,
                                                          tmp_path: Path) -> None:
+    """The checkpoint carries the run log's totals: the resumed summary counts the step
+    before the stop too, and its curve continues the first process's clock."""
     cfg = _cfg(tiny_store, tmp_path / "run", mode="constant", epochs=1, iterations_per_epoch=4,
                eval_every=1)
-    first, _ = _run(replace(cfg, max_seconds=1e-9))
+    first, seen_first = _run(replace(cfg, max_seconds=1e-9))
     assert first["stopped_at_step"] == 1
     summary, seen = _run(cfg, resume=True)
-    assert summary["resumed_at_step"] == 1 and summary["foreground_partial"] is True
-    assert summary["stages"][0]["steps"] == 3 and len(seen["batches"]) == 3
-    assert summary["voxels"] == 3 * 2 * math.prod(PATCH)
-    counts = sum(np.bincount(lab.numpy().ravel(), minlength=BINS) for *_, lab in seen["batches"])
+    assert summary["resumed_at_step"] == 1 and summary["totals"] == "whole run"
+    assert "foreground_partial" not in summary
+    assert len(seen_first["batches"]) == 1 and len(seen["batches"]) == 3
+    assert summary["stages"][0]["steps"] == 4
+    assert summary["voxels"] == 4 * 2 * math.prod(PATCH)
+    batches = seen_first["batches"] + seen["batches"]
+    counts = sum(np.bincount(lab.numpy().ravel(), minlength=BINS) for *_, lab in batches)
     assert summary["stages"][0]["foreground"] == pytest.approx(_fractions(counts), rel=1e-12)
     rows = _rows(tmp_path / "run" / "log.csv")
-    # log.csv reads as one run; the curve holds this process's rows (steps 1, 2, 3)
-    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and len(summary["curve"]) == 3
-    assert [float(r["seconds_wall"]) for r in rows[1:]] == sorted(
-        float(r["seconds_wall"]) for r in rows[1:])
+    # log.csv and the curve read as one run (steps 0..3), on one clock
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and len(summary["curve"]) == 4
+    assert summary["curve"][0] == first["curve"][0]
+    times = [t for t, _ in summary["curve"]]
+    assert times == sorted(times) and summary["seconds_train"] >= times[-1]
+    assert summary["seconds_compute"] > first["seconds_compute"]
+    assert [float(r["seconds_wall"]) for r in rows] == sorted(
+        float(r["seconds_wall"]) for r in rows)
+
+
+def test_a_checkpoint_without_run_log_totals_resumes_with_its_own(tiny_store: Path,
+                                                                  tmp_path: Path) -> None:
+    """A checkpoint written before the totals were kept still resumes; its summary says
+    that its figures cover only the steps since the resume."""
+    from pgps_train.checkpoint import DIGEST_KEY, LATEST, load_checkpoint, save_checkpoint
+
+    cfg = _cfg(tiny_store, tmp_path / "run", mode="constant", epochs=1, iterations_per_epoch=4,
+               eval_every=1)
+    _run(replace(cfg, max_seconds=1e-9))
+    path = tmp_path / "run" / LATEST
+    ckpt = load_checkpoint(path)
+    ckpt.pop("runlog")
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k != DIGEST_KEY})
+    summary, seen = _run(cfg, resume=True)
+    assert summary["resumed_at_step"] == 1 and summary["totals"] == "since resume"
+    assert summary["foreground_partial"] is True
+    assert summary["stages"][0]["steps"] == 3 and len(seen["batches"]) == 3
+    assert summary["voxels"] == 3 * 2 * math.prod(PATCH)
 
 
 # -- the counting itself ---------------------------------------------------------------------

@@ -120,6 +120,22 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tiny_store: Path,
     assert _rows(b / "log.csv", TIMINGS) == _rows(a / "log.csv", TIMINGS)
     assert len(_rows(a / "log.csv")) == 4  # steps 7, 15, 23 and the last
 
+    # the summary's totals cover the whole run (the checkpoint carried the run log's):
+    # the same steps per stage, voxels, delivered foreground and pseudo-Dice points, on
+    # one clock that continues across the kill
+    sum_a, sum_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sum_b["resumed_at_step"] == c and sum_b["totals"] == "whole run"
+    assert "foreground_partial" not in sum_b and "resumed_at_step" not in sum_a
+    assert [st["steps"] for st in sum_b["stages"]] == [3] * 10 == \
+        [st["steps"] for st in sum_a["stages"]]
+    assert sum_b["voxels"] == sum_a["voxels"]
+    assert [st["foreground"] for st in sum_b["stages"]] == \
+        [st["foreground"] for st in sum_a["stages"]]
+    times = [t for t, _ in sum_b["curve"]]
+    assert len(times) == len(sum_a["curve"]) == 4 and times == sorted(times)
+    assert times[0] > 0 and sum_b["seconds_train"] > times[-1] - 1e-3
+    assert [d for _, d in sum_b["curve"]] == [d for _, d in sum_a["curve"]]
+
     final_a = torch.load(a / FINAL, weights_only=True)
     final_b = torch.load(b / FINAL, weights_only=True)
     assert final_a["model"].keys() == final_b["model"].keys()

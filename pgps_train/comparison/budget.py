@@ -122,7 +122,7 @@ def _finished(run: Path) -> tuple[dict[str, Any], Curriculum, bool]:
         one_per_stage = json.loads((run / "config.json").read_text())["epochs"] == 0
     except (OSError, ValueError, KeyError) as exc:
         raise PGPSInputError(f"{run}: not a finished pgps-train run to plan from ({exc})") from None
-    if summary.get("resumed_at_step"):
+    if summary.get("resumed_at_step") and summary.get("totals") != "whole run":
         raise PGPSInputError(f"{run}: was resumed after a stop, so its seconds_train times only "
                              "its last part; train it again to plan equal seconds from it")
     return summary, cur, one_per_stage

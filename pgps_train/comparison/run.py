@@ -223,8 +223,10 @@ def run_record(folder: Path) -> dict[str, Any]:
             "seconds_wait": float(summary.get("seconds_wait", 0.0)),
             "iterations": int(summary.get("iterations", start)), "voxels": int(voxels),
             "peak_memory_bytes": summary.get("peak_memory_bytes"),
-            # a run resumed after a kill times, counts and curves only its last part
+            # a run resumed after a kill: its totals cover the whole run ("whole run"), or
+            # only its last part ("since resume": a checkpoint written before they were kept)
             "resumed_at_step": summary.get("resumed_at_step"),
+            "totals": summary.get("totals", "whole run"),
             "dice": final.get("per_case", {}), "lesion_f1": final.get("lesion_f1", {}),
             "nsd": final.get("nsd", {}),
             "curve": summary.get("curve") or _curve_from_log(folder / "log.csv"),
