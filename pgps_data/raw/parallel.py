@@ -166,15 +166,46 @@ class _Advance(Callback):
         raise_if_interrupted()
 
 
+CONNECT_TIMEOUT_S = 30  # reaching the dask scheduler
+
+
 def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:  # noqa: ANN001
+    """One task per case on the cluster at ``address``, results in order.
+
+    A worker that dies mid-case (killed, out of memory, a lost node) costs only its task:
+    the scheduler runs it again on another worker (``distributed.scheduler.allowed-failures``
+    times), and the rerun rewrites the case, whose half-written folder is not marked
+    complete (:mod:`pgps_data.store.write`; one writer per case folder). A case whose
+    workers died every time comes back as that case's error line and the store stays
+    resumable. The store's lock is held here, by the client, for the whole conversion.
+    """
     from distributed import Client, as_completed
 
-    with Client(address) as client:
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise PGPSInputError(f"{address}: cannot reach the dask scheduler ({exc}); start it, or "
+                             "drop --scheduler to convert on this machine") from None
+    with client:
         futures = [client.submit(fn, *item, pure=False) for item in items]
         for _ in as_completed(futures):
             progress.advance(bar)
             raise_if_interrupted()
-        return client.gather(futures)
+        return [_result(future, item) for future, item in zip(futures, items, strict=True)]
+
+
+def _result(future, item: tuple) -> dict[str, Any]:  # noqa: ANN001
+    """A finished task's result, or one error line for a task the cluster gave up on."""
+    if future.status == "finished":
+        return future.result()
+    from pgps_data.store.write import RESUME  # not at the top: workers import this module
+
+    case = next((getattr(x, "case_id", None) for x in item if hasattr(x, "case_id")), None)
+    exc = future.exception() if future.status == "error" else None
+    why = (f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}" if exc is not None
+           else f"{future.status}: its result was lost with its worker")
+    return {"case_id": case, "error": f"case {case}: its task failed on the cluster ({why}); "
+            f"{RESUME}"}
 
 
 def _progress(quiet: bool) -> Progress:

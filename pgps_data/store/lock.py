@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pgps_data.errors import PGPSInputError
 
-__all__ = ["LOCK_NAME", "store_lock"]
+__all__ = ["LOCK_NAME", "case_lock", "is_case_lock", "store_lock"]
 
 LOCK_NAME = ".pgps.lock"
 _HOLDER_WAIT_S = 1.0  # a new holder writes its name just after locking
@@ -61,6 +61,32 @@ def store_lock(store: str | os.PathLike, activity: str = "conversion") -> Iterat
         if created:
             with contextlib.suppress(OSError):  # only ever removes an empty folder
                 store.rmdir()
+
+
+@contextlib.contextmanager
+def case_lock(store: str | os.PathLike, case_id: str) -> Iterator[Path]:
+    """One writer per case folder: an exclusive ``flock`` on ``<store>/.pgps.lock.<id>``
+    for the ``with`` block (``case_id`` already checked safe by the caller).
+
+    The conversion's store lock keeps other conversions out; this keeps two tasks of one
+    conversion apart. On a cluster a task can run twice at once: the scheduler loses a
+    worker (a missed heartbeat, a network split) and reruns its case elsewhere while the
+    first copy still writes. The second copy then refuses in one line (the case stays
+    unfinished, and a rerun writes it) instead of deleting the folder under the first.
+    Like the store lock it dies with its holder, so a killed worker never blocks a retry.
+    """
+    store = Path(store)
+    path = store / f"{LOCK_NAME}.{case_id}"
+    fd = _acquire(store, path, f"conversion task (case {case_id})")
+    try:
+        yield path
+    finally:
+        _release(path, fd)
+
+
+def is_case_lock(name: str) -> bool:
+    """Whether a store root entry is a case's lock file (:func:`case_lock`)."""
+    return name.startswith(f"{LOCK_NAME}.")
 
 
 def _acquire(store: Path, path: Path, activity: str) -> int:

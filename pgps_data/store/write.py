@@ -42,7 +42,7 @@ from pgps_data.store.atomic_write import write_atomic
 from pgps_data.store.case_ids import check_case_id as case_id_problem
 from pgps_data.store.chunking import LAYOUTS, write_array
 from pgps_data.store.completeness import COMPLETE, missing_arrays
-from pgps_data.store.lock import LOCK_NAME
+from pgps_data.store.lock import LOCK_NAME, case_lock, is_case_lock
 from pgps_data.store.store import FORMAT_VERSION, TEST_GROUP, TRAIN_GROUP
 
 __all__ = [
@@ -70,7 +70,7 @@ def root_state(path: Path) -> str:
     if not path.is_dir():
         return "foreign"
     names = {p.name for p in path.iterdir()} - {LOCK_NAME}
-    names = {n for n in names if not _PARTIAL.fullmatch(n)}
+    names = {n for n in names if not (_PARTIAL.fullmatch(n) or is_case_lock(n))}
     if not names:
         return "empty"
     doc = _read_json(path / "zarr.json")
@@ -196,10 +196,20 @@ def write_case(
 ) -> None:
     """Write one case; ``complete`` is set last, after every array is on disk.
 
-    Raises PGPSInputError for an unsafe case id (nothing is touched) and, one line naming
-    the store, when the disk is full (the half-written case is removed again).
+    Raises PGPSInputError for an unsafe case id (nothing is touched), when another task
+    writes the same case (:func:`~pgps_data.store.lock.case_lock`; nothing is touched)
+    and, one line naming the store, when the disk is full (the half-written case is
+    removed again).
     """
     _check_case_id(case_id)
+    with case_lock(path, case_id):
+        _write_case_locked(path, case_id, image=image, label=label, indices=indices,
+                           annotated=annotated, attrs=attrs, codec=codec)
+
+
+def _write_case_locked(path: Path, case_id: str, *, image: np.ndarray, label: np.ndarray | None,
+                       indices: dict[int, np.ndarray] | None, annotated: np.ndarray | None,
+                       attrs: dict[str, Any], codec: str) -> None:
     is_test = label is None
     folder = path / (TEST_GROUP if is_test else TRAIN_GROUP) / case_id
     if folder.exists() or folder.is_symlink():  # an earlier, interrupted attempt
