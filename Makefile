@@ -37,10 +37,10 @@ bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_augment.py
 
-# The lesion benchmark (about 33 + 25 minutes on 2 CPU cores): constant, efficiency and
-# performance x 3 seeds with augmentation, at equal iterations, then at equal seconds (the
-# constant runs shared). Rerun to continue after a stop; reports in $(COMPARE)/out.
-# SEEDS=0 runs one seed (about 20 minutes; no significance from one seed).
+# The lesion benchmark (about 40 + 30 minutes on 2 CPU cores, measured 2026-12-02):
+# constant, efficiency and performance x 3 seeds with augmentation, at equal iterations,
+# then at equal seconds (the constant runs shared). Rerun to continue after a stop;
+# reports in $(COMPARE)/out. SEEDS=0 runs one seed (about 25 minutes).
 COMPARE ?= runs/compare
 SEEDS   ?= 0 1 2
 LESION  := $(COMPARE)/Task01_Lesion

@@ -125,7 +125,9 @@ class RunLog:
         histograms, the pseudo-Dice curve, and the loop's compute and wait seconds."""
         return {"wall": self.seconds()[0], "timers": dict(self.timers.seconds),
                 "stages": {k: dict(v) for k, v in self.stages.items()},
-                "step_seconds": {k: list(v) for k, v in self._step_seconds.items()},
+                # a tensor: a long run's checkpoint digests it as bytes, not float by float
+                "step_seconds": {k: torch.tensor(v, dtype=torch.float64)
+                                 for k, v in self._step_seconds.items()},
                 "voxels": dict(self.crops.voxels),
                 "counts": {k: c.tolist() for k, c in self.crops._counts.items()},
                 "curve": [list(c) for c in self.curve], "last_eval": self.last_eval,
@@ -136,7 +138,8 @@ class RunLog:
         self.t0 = time.perf_counter() - float(state["wall"])
         self.timers.seconds.update(state["timers"])
         self.stages = {int(k): dict(v) for k, v in state["stages"].items()}
-        self._step_seconds = {int(k): list(v) for k, v in state["step_seconds"].items()}
+        self._step_seconds = {int(k): torch.as_tensor(v).tolist()
+                              for k, v in state["step_seconds"].items()}
         self.crops.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
         self.crops._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=self.device)
                               for k, v in state["counts"].items()}

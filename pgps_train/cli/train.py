@@ -36,9 +36,10 @@ TINY_UNET = {"base_filters": 8, "max_filters": 32}
 # The lesion benchmark's CPU run size (pgps-compare --preset lesion-cpu on pgps-synth
 # --preset lesion): the tiny network and patch budget, 48 iterations per stage (768), a
 # validation every 80 steps (the pseudo-Dice curve) and a checkpoint every 160 (a killed
-# comparison resumes). Sized on the 2-core machine (2026-12-02, seed 0): constant's lesion
-# Dice was 0.32 at 640 iterations and 0.79 at 720 (the class is learnt late, which is the
-# point); at 640 one seed of the three modes took 11 minutes with the evaluations.
+# comparison resumes). Sized on the 2-core machine (2026-12-02): constant's lesion Dice
+# over seeds 0-2 was 0.83 / 0.37 / 0.00 (the class is learnt late, at a step that varies
+# by seed, which is the point); the three modes x 3 seeds took about 40 minutes with the
+# evaluations (README, make compare).
 LESION_CPU = {**TINY, "iterations_per_epoch": 48, "eval_every": 80, "eval_batches": 4,
               "save_every": 160}
 PRESETS = {"tiny": TINY, "lesion-cpu": LESION_CPU}  # pgps-train's defaults are the papers'
