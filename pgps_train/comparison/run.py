@@ -93,14 +93,13 @@ def train_all(plan: ComparePlan, *, log: Callable[..., None] = print) -> list[Pa
                    *(["--preset", plan.preset] if plan.preset else []), *plan.train_args]
             args = build_parser().parse_args(cli)
             if (out / "summary.json").is_file():
-                _check_same(out, config_from_args(args), plan, mode)
+                _check_same(out, _overridden(config_from_args(args), plan), plan, mode)
                 log(f"pgps-compare: {mode} seed {seed}: finished, skipped ({out})")
                 continue
             resume = is_run_folder(out) and (out / LATEST).is_file()
             started = is_run_folder(out) and not resume  # ours, killed before a checkpoint
-            cfg = resume_config(args, saved_config(out)) if resume else config_from_args(args)
-            if plan.overrides:
-                cfg = dataclasses.replace(cfg, **plan.overrides)
+            cfg = _overridden(resume_config(args, saved_config(out)) if resume
+                              else config_from_args(args), plan)
             if plan.budget == "seconds" and mode != "constant" and not resume:
                 length = plan_length(run_folder(plan, "constant", seed), mode,
                                      reference_run=run_folder(plan, mode, seed, "iterations"))
@@ -130,14 +129,17 @@ def _record_plan(plan: ComparePlan, name: str, length: Mapping[str, Any]) -> Non
     write_atomic(path, (json.dumps(plans, indent=1) + "\n").encode())
 
 
+def _overridden(cfg: Any, plan: ComparePlan) -> Any:
+    """``cfg`` with the plan's TrainConfig overrides (API use) applied."""
+    return dataclasses.replace(cfg, **plan.overrides) if plan.overrides else cfg
+
+
 def _check_same(out: Path, cfg: Any, plan: ComparePlan, mode: str) -> None:
     """A finished run is reused only when it was trained as this comparison would train it
     (a changed preset, network or flag would otherwise mix two comparisons in one table);
     an equal-seconds run's length is its plan's, so it is not compared."""
     from pgps_train.run_config import differences, flag_name, saved_config
 
-    if plan.overrides:
-        cfg = dataclasses.replace(cfg, **plan.overrides)
     config = dataclasses.asdict(cfg)
     if plan.budget == "seconds" and mode != "constant":
         config = {k: v for k, v in config.items() if k not in ("epochs", "iterations_per_epoch")}
