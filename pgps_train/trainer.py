@@ -133,6 +133,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
         torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.deterministic
+        if device.index is not None:  # cuda:K: memory statistics and new tensors on GPU K
+            torch.cuda.set_device(device)
 
     # -- data ------------------------------------------------------------------------
     store = open_store(cfg.store)

@@ -87,11 +87,9 @@ def _source(name: str) -> tuple:
     ("pgps_train.cli.train", "--mode", "MODES"),
     ("pgps_train.cli.train", "--rules", "RULES"),
     ("pgps_train.cli.train", "--net", "NETWORKS"),
-    ("pgps_train.cli.train", "--device", "DEVICES"),
     ("pgps_train.cli.schedule", "--mode", "MODES"),
     ("pgps_train.cli.schedule", "--rules", "RULES"),
     ("pgps_train.cli.schedule", "--net", "NETWORKS"),
-    ("pgps_train.cli.predict", "--device", "DEVICES"),
     ("pgps_data.cli.convert", "--codec", "CODECS"),
 ])
 def test_each_choice_list_is_its_source(module: str, option: str, source: str) -> None:
@@ -136,3 +134,39 @@ def test_choose_device_defaults_to_cuda_only_where_there_is_one(
         assert str(exc.value) == "--device cuda: no CUDA device is available (use --device cpu)"
     with pytest.raises(PGPSInputError, match="unknown device"):
         choose_device("tpu")
+
+
+@pytest.mark.parametrize("module", ["pgps_train.cli.train", "pgps_train.cli.predict",
+                                    "pgps_train.cli.compare"])
+def test_every_device_flag_takes_cuda_k(module: str, capsys: pytest.CaptureFixture) -> None:
+    """--device cpu, cuda and cuda:K parse in every command (parallel folds, one per GPU);
+    anything else is a usage error naming the forms."""
+    from pgps_train.devices import device_arg
+
+    parser = (_parser(module) if module != "pgps_train.cli.compare"
+              else importlib.import_module(module)._run_parser())
+    action = next(a for a in parser._actions if "--device" in a.option_strings)
+    assert action.type is device_arg and action.choices is None
+    assert [device_arg(d) for d in ("cpu", "cuda", "cuda:0", "cuda:12")] == [
+        "cpu", "cuda", "cuda:0", "cuda:12"]
+    for bad in ("tpu", "cuda:", "cuda:-1", "cuda:a", "cpu:0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="use cuda, cuda:K or cpu"):
+            device_arg(bad)
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_cuda_k_beyond_the_gpus_is_one_line(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pgps_data.errors import PGPSInputError
+    from pgps_train.devices import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(PGPSInputError) as exc:
+        choose_device("cuda:2")
+    assert str(exc.value) == ("--device cuda:2: no CUDA device is available (use --device cpu)"
+                              if count == 0 else "--device cuda:2: this machine has 2 CUDA "
+                              "device(s) (cuda:0 to cuda:1)")
+    if count:
+        assert choose_device("cuda:1") == "cuda:1"

@@ -26,7 +26,7 @@ from pgps_train.stops import run_or_explain
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    from pgps_train.devices import DEVICES
+    from pgps_train.devices import DEVICE_METAVAR, device_arg
     from pgps_train.planning import NETWORKS
 
     p = argparse.ArgumentParser(prog="pgps-compare run",
@@ -47,7 +47,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    "(the constant runs are shared; report in OUT/equal-seconds)")
     p.add_argument("--splits", metavar="splits_final.json",
                    help="the folds (nnU-Net's format; pgps-synth --held-out writes one)")
-    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--device", type=device_arg, metavar=DEVICE_METAVAR, default="cpu")
     p.add_argument("--fold", default="0", help="the fold whose validation cases are held out")
     p.add_argument("--lesion-classes", nargs="*", metavar="NAME",
                    help="classes the lesion claims are tested on (default: by name)")

@@ -40,7 +40,7 @@ from pgps_data.console import progress_console, protect_output
 from pgps_data.errors import PGPSInputError
 from pgps_data.interrupts import Interrupted, interrupts_as_exit, raise_if_interrupted
 from pgps_data.raw.readers import file_ending, write_volume
-from pgps_train.devices import DEVICES, choose_device
+from pgps_train.devices import DEVICE_METAVAR, choose_device, device_arg
 from pgps_train.predict_output import MANIFEST, OutputDir, check_locations, is_disk_full
 
 PROG = "pgps-predict"
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"replace files at the output names that pgps-predict did not write "
                    f"(default: refuse; its own, listed in OUT_DIR/{MANIFEST}, are replaced)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
-    p.add_argument("--device", choices=DEVICES, default=None,
+    p.add_argument("--device", type=device_arg, metavar=DEVICE_METAVAR, default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

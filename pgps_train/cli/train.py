@@ -22,7 +22,7 @@ from typing import Any
 from pgps_data.console import protect_output
 from pgps_data.schedule.curriculum import MODES, RULES
 from pgps_train.augment.choices import AUGMENTS, GEOMETRIES
-from pgps_train.devices import DEVICES
+from pgps_train.devices import DEVICE_METAVAR, device_arg
 from pgps_train.planning import NETWORKS
 from pgps_train.stops import run_or_explain
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--eval-every", type=int, metavar="K")
     p.add_argument("--save-every", type=int, metavar="K")
-    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--device", type=device_arg, metavar=DEVICE_METAVAR)
     p.add_argument("--fold", help="0-4 (nnU-Net's seeded 5-fold split) or 'all'")
     p.add_argument("--splits", metavar="splits_final.json")
     p.add_argument("--seed", type=int)
