@@ -141,3 +141,36 @@ def test_a_gpu_run_resumes_on_a_machine_without_one(tiny_store: Path, tmp_path: 
     assert rc == 0, lines
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert json.loads((out / "config.json").read_text())["device"] == want
+
+
+def test_parallel_folds_share_one_store_read_only(tiny_store: Path, tmp_path: Path) -> None:
+    """The README's parallel-folds recipe: two pgps-train processes on one store at once
+    (another fold and run folder each) both finish, and the store is not written."""
+    import subprocess
+    import sys
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in tiny_store.rglob("*") if p.is_file()}
+
+    from pgps_data import open_store
+
+    ids = open_store(tiny_store).case_ids
+    splits = tmp_path / "splits_final.json"
+    splits.write_text(json.dumps([{"train": ids[2:], "val": ids[:2]},
+                                  {"train": ids[:2], "val": ids[2:]}]))
+    before = snapshot()
+    flags = [a for a in BASE if a not in ("--fold", "all")] + ["--splits", str(splits)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pgps_train.cli.train", str(tiny_store),
+                               *flags, "--fold", str(k), "--out", str(tmp_path / f"fold{k}"),
+                               "--device", "cpu"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    for k in (0, 1):
+        config = json.loads((tmp_path / f"fold{k}" / "config.json").read_text())
+        assert str(config["fold"]) == str(k)
+        assert (tmp_path / f"fold{k}" / "summary.json").is_file()
+    assert snapshot() == before
