@@ -66,6 +66,17 @@ class DeliveredCrops:
                                                        device=label.device)
         value_counts_into(counts, label)
 
+    def state_dict(self) -> dict[str, dict[int, Any]]:
+        """Voxels and histograms per stage as plain containers, for a checkpoint."""
+        return {"voxels": dict(self.voxels),
+                "counts": {k: c.tolist() for k, c in self._counts.items()}}
+
+    def load_state_dict(self, state: dict[str, dict], device: torch.device) -> None:
+        """Continue the counts of :meth:`state_dict`, histograms on ``device``."""
+        self.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
+        self._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=device)
+                        for k, v in state["counts"].items()}
+
     def fractions(self, stage: int, labels: Labels) -> dict[str, float | None] | None:
         """Scored class name → its share of the stage's annotated label voxels (host sync)."""
         counts = self._counts.get(stage)

@@ -128,8 +128,7 @@ class RunLog:
                 # a tensor: a long run's checkpoint digests it as bytes, not float by float
                 "step_seconds": {k: torch.tensor(v, dtype=torch.float64)
                                  for k, v in self._step_seconds.items()},
-                "voxels": dict(self.crops.voxels),
-                "counts": {k: c.tolist() for k, c in self.crops._counts.items()},
+                "crops": self.crops.state_dict(),
                 "curve": [list(c) for c in self.curve], "last_eval": self.last_eval,
                 "t_compute": t_compute, "t_wait": t_wait}
 
@@ -140,9 +139,7 @@ class RunLog:
         self.stages = {int(k): dict(v) for k, v in state["stages"].items()}
         self._step_seconds = {int(k): torch.as_tensor(v).tolist()
                               for k, v in state["step_seconds"].items()}
-        self.crops.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
-        self.crops._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=self.device)
-                              for k, v in state["counts"].items()}
+        self.crops.load_state_dict(state["crops"], self.device)
         self.curve = [list(c) for c in state["curve"]]
         self.last_eval = state["last_eval"]
         self.restored = True
