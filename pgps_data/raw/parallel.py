@@ -191,7 +191,24 @@ def _run_distributed(fn, items, address, progress, bar) -> list[dict[str, Any]]:
         for _ in as_completed(futures):
             progress.advance(bar)
             raise_if_interrupted()
+        _settled(futures)
         return [_result(future, item) for future, item in zip(futures, items, strict=True)]
+
+
+def _settled(futures: list) -> None:
+    """Wait until no task of ours runs anywhere on the cluster.
+
+    A finished task whose result was lost with its worker goes back to pending and is run
+    again elsewhere, after ``as_completed`` has already yielded it; returning then would
+    leave that task writing its case into the store after the conversion said it ended
+    (and a rerun would race it). Ctrl-C still stops the wait.
+    """
+    from distributed import wait
+
+    while not all(future.done() for future in futures):
+        with contextlib.suppress(TimeoutError):
+            wait(futures, timeout=1)
+        raise_if_interrupted()
 
 
 def _result(future, item: tuple) -> dict[str, Any]:  # noqa: ANN001
@@ -203,7 +220,7 @@ def _result(future, item: tuple) -> dict[str, Any]:  # noqa: ANN001
     case = next((getattr(x, "case_id", None) for x in item if hasattr(x, "case_id")), None)
     exc = future.exception() if future.status == "error" else None
     why = (f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}" if exc is not None
-           else f"{future.status}: its result was lost with its worker")
+           else future.status)
     return {"case_id": case, "error": f"case {case}: its task failed on the cluster ({why}); "
             f"{RESUME}"}
 
