@@ -132,8 +132,8 @@ def test_state_keys_are_unchanged_and_an_old_state_resumes_exactly(store) -> Non
     cur = _cur()
     full = list(make_loader(store, cur, workers=2, seed=5))
     loader = make_loader(store, cur, workers=2, seed=5)
-    assert set(loader.state_dict()) == {"version", "next_step", "seed", "rank", "curriculum",
-                                        "cases", "oversampling"}
+    assert set(loader.state_dict()) == {"version", "next_step", "seed", "rank", "world",
+                                        "curriculum", "cases", "oversampling"}
     # a state as checkpoints before our worker node wrote it, built by hand
     old = {"version": 1, "next_step": 7, "seed": 5, "rank": 0,
            "curriculum": cur.fingerprint(),

@@ -87,6 +87,7 @@ class StageBatcher(BaseNode[dict]):
             "forced_fg": torch.from_numpy(forced),
             "forced_class": torch.from_numpy(picked),
             "origins": torch.from_numpy(origins),
+            "slot_offset": req0.offset,  # global slot of row 0 (a data-parallel rank's share)
         }
         if any(req0.margin):
             batch["read_size"] = tuple(shape)

@@ -52,6 +52,7 @@ def make_loader(
     seed: int = 0,
     cases: Sequence[str] | None = None,
     rank: int = 0,
+    world: int = 1,
     p: float = 0.5,
     oversampling: str = "auto",
     margin: Sequence[int] = (0, 0, 0),
@@ -81,7 +82,7 @@ def make_loader(
             raise ValueError(f"with augment the label padding is OUTSIDE ({OUTSIDE}), "
                              f"not {label_pad}")
         label_pad = OUTSIDE
-    sampler = Sampler(case_ids, curriculum, seed=seed, rank=rank, p=p,
+    sampler = Sampler(case_ids, curriculum, seed=seed, rank=rank, world=world, p=p,
                       oversampling=oversampling, margin=margin, augment=augment)
     return PGPSLoader(store, sampler, workers=workers, label_pad=label_pad, prefetch=prefetch,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -192,7 +193,9 @@ class PGPSLoader:
         """Continue at ``state``'s step; refused for another seed, curriculum, case list or
         augmentation spec."""
         mine = self._identity()
-        for key in ("seed", "rank", "curriculum", "cases", "oversampling", "augment"):
+        # not the rank or the world size: no draw depends on them (sampling), so a run
+        # resumes on another number of processes
+        for key in ("seed", "curriculum", "cases", "oversampling", "augment"):
             if state.get(key) != mine.get(key):
                 raise PGPSInputError(
                     f"loader state: its {key} ({str(state.get(key))[:80]}) differs from this "
@@ -207,6 +210,7 @@ class PGPSLoader:
         return {
             "seed": s.seed,
             "rank": s.rank,
+            "world": s.world,
             "curriculum": self.curriculum.fingerprint(),
             "cases": hashlib.sha256(json.dumps(s.case_ids).encode()).hexdigest()[:16],
             "oversampling": f"{s.oversampling}:{s.p}:{list(s.margin)}",

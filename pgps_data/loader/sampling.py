@@ -2,9 +2,16 @@
 
 The main process turns each training step into a few :class:`CropRequest` items (one per
 case drawn for that step, holding every crop of that case), a pure function of (global
-seed, rank, step, slot). Workers turn a request into crop origins with
-:func:`plan_origins` — again seeded by (seed, rank, step, slot) — and read them. So the same
-seed gives the same crops on any number of workers, and a resumed run continues exactly.
+seed, step, global slot). Workers turn a request into crop origins with
+:func:`plan_origins` — again seeded by (seed, step, global slot) — and read them. So the
+same seed gives the same crops on any number of workers, and a resumed run continues
+exactly.
+
+Data-parallel training (``world`` processes): the curriculum's batch is the global batch,
+every draw is made for the global batch, and rank r serves the contiguous share of slots
+``[r·b//world, (r+1)·b//world)`` as its local rows 0, 1, ... (``CropRequest.offset`` is the
+share's first global slot). The union of the ranks' crops for a step is the
+single-process batch, whatever the world size, so a run resumes on another one.
 
 Oversampling follows DESIGN.md: nnU-Net's slot rule (slot j of b forced when
 j >= round(b * (1 - p))) for constant, efficiency, random and miccai performance mode; the
@@ -49,10 +56,11 @@ class CropRequest:
     slots: tuple[int, ...]  # batch positions of this request's crops
     forced: tuple[bool, ...]  # per crop: centred on foreground?
     seed: int
-    rank: int = 0
+    rank: int = 0  # the data-parallel rank serving it (information: no draw depends on it)
     part: int = 0  # index of this request within its step
-    parts: int = 1  # requests in this step
-    batch: int = 1  # crops in this step
+    parts: int = 1  # requests in this step (of this rank)
+    batch: int = 1  # crops in this step (this rank's share of the global batch)
+    offset: int = 0  # global slot of local row 0 (draws are keyed by global slots)
     margin: tuple[int, int, int] = (0, 0, 0)
     # With augmentation: the slot's geometry (its initial box places the crop origins),
     # whether these crops are warped (read the whole box) and each crop's spatial draw.
@@ -87,8 +95,17 @@ class CropRequest:
         return tuple(p + 2 * m for p, m in zip(self.patch, self.margin))  # type: ignore
 
 
+def share(batch: int, rank: int, world: int) -> range:
+    """The global slots rank ``rank`` of ``world`` serves of a ``batch``-crop step."""
+    return range(rank * batch // world, (rank + 1) * batch // world)
+
+
 class Sampler:
-    """Turns steps into crop requests; a pure function of (seed, rank, step)."""
+    """Turns steps into crop requests; a pure function of (seed, step) and the rank's share.
+
+    ``rank``/``world``: serve rank ``rank``'s share of each global batch (module doc); a
+    stage whose batch is smaller than ``world`` is refused (a rank would have no crop).
+    """
 
     def __init__(
         self,
@@ -97,6 +114,7 @@ class Sampler:
         *,
         seed: int = 0,
         rank: int = 0,
+        world: int = 1,
         p: float = 0.5,
         oversampling: str = "auto",
         margin: Sequence[int] = (0, 0, 0),
@@ -109,7 +127,15 @@ class Sampler:
         self.case_ids = list(case_ids)
         self.curriculum = curriculum
         self.seed = int(seed)
-        self.rank = int(rank)
+        self.rank, self.world = int(rank), int(world)
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        small = [st for st in curriculum.stages if st.batch < self.world]
+        if small:
+            raise ValueError(
+                f"stage {small[0].index} has a global batch of {small[0].batch}, smaller than "
+                f"the {self.world} processes (every rank needs a crop per step); use fewer "
+                "processes or a larger --batch")
         self.p = float(p)
         self.oversampling = curriculum.oversampling if oversampling == "auto" else oversampling
         self.margin = tuple(int(m) for m in margin)
@@ -119,9 +145,35 @@ class Sampler:
         self._geometries: dict[tuple[int, ...], Geometry] = {}
 
     def requests(self, step: int) -> list[CropRequest]:
-        """The requests of one step, in batch order (slot 0 first)."""
+        """The requests of one step for this rank, in batch order (its first slot first)."""
         stage = self.curriculum.stage_at(step)
         b = stage.batch
+        groups = self._groups(step, b)
+        mine = share(b, self.rank, self.world)
+        if self.augment is not None:
+            return self._augmented(step, stage.index, tuple(stage.patch), b, groups, mine)
+        groups = _within(groups, mine)
+        return [
+            CropRequest(
+                case_id=case,
+                step=step,
+                stage=stage.index,
+                patch=tuple(stage.patch),
+                slots=tuple(slots),
+                forced=tuple(forced),
+                seed=self.seed,
+                rank=self.rank,
+                part=i,
+                parts=len(groups),
+                batch=len(mine),
+                offset=mine.start,
+                margin=self.margin,
+            )
+            for i, (case, slots, forced) in enumerate(groups)
+        ]
+
+    def _groups(self, step: int, b: int) -> list[tuple[str, list[int], list[bool]]]:
+        """The global batch's crops grouped by case: (case, global slots, forced)."""
         groups: list[tuple[str, list[int], list[bool]]] = []
         if self.oversampling == "case_grouping":
             slot = 0
@@ -140,25 +192,7 @@ class Sampler:
                 slots.append(j)
                 forced.append(bool(forced_of[j]))
             groups = [(c, s, f) for c, (s, f) in by_case.items()]
-        if self.augment is not None:
-            return self._augmented(step, stage.index, tuple(stage.patch), b, groups)
-        return [
-            CropRequest(
-                case_id=case,
-                step=step,
-                stage=stage.index,
-                patch=tuple(stage.patch),
-                slots=tuple(slots),
-                forced=tuple(forced),
-                seed=self.seed,
-                rank=self.rank,
-                part=i,
-                parts=len(groups),
-                batch=b,
-                margin=self.margin,
-            )
-            for i, (case, slots, forced) in enumerate(groups)
-        ]
+        return groups
 
     def geometry(self, patch: tuple[int, ...]) -> Geometry:
         """The augmentation geometry of a stage patch (cached; needs ``augment``)."""
@@ -169,30 +203,31 @@ class Sampler:
         return g
 
     def spatial_draw(self, step: int, slot: int, geometry: Geometry) -> SpatialDraw:
-        """Slot ``slot``'s spatial draw: keyed by (seed, 0, step, global slot), where the
-        global slot is rank * batch + slot, so it never depends on the worker."""
-        b = self.curriculum.stage_at(step).batch
-        rng = np.random.default_rng([self.seed, 0, step, self.rank * b + slot, _SPATIAL_STREAM])
+        """Global slot ``slot``'s spatial draw: keyed by (seed, 0, step, slot), so it never
+        depends on the worker, the rank or the world size."""
+        rng = np.random.default_rng([self.seed, 0, step, slot, _SPATIAL_STREAM])
         return draw_spatial(rng, geometry, self.augment)
 
     def _augmented(self, step: int, stage: int, patch: tuple[int, ...], b: int,
-                   groups: list[tuple[str, list[int], list[bool]]]) -> list[CropRequest]:
+                   groups: list[tuple[str, list[int], list[bool]]],
+                   mine: range) -> list[CropRequest]:
         """Each case's crops split into a plain and a warped request (either may be absent)."""
         geometry = self.geometry(patch)
-        draws = [self.spatial_draw(step, j, geometry) for j in range(b)]
+        draws = {j: self.spatial_draw(step, j, geometry) for j in mine}
         split = []
-        for case, slots, forced in groups:
+        for case, slots, forced in _within(groups, mine):
             for warped in (False, True):
-                mine = [k for k, j in enumerate(slots) if draws[j].warped == warped]
-                if mine:
-                    split.append((case, [slots[k] for k in mine], [forced[k] for k in mine],
+                keep = [k for k, j in enumerate(slots) if draws[j + mine.start].warped == warped]
+                if keep:
+                    split.append((case, [slots[k] for k in keep], [forced[k] for k in keep],
                                   warped))
         return [
             CropRequest(
                 case_id=case, step=step, stage=stage, patch=patch,  # type: ignore[arg-type]
                 slots=tuple(slots), forced=tuple(forced), seed=self.seed, rank=self.rank,
-                part=i, parts=len(split), batch=b, geometry=geometry, warped=warped,
-                spatial=tuple(draws[j] for j in slots),
+                part=i, parts=len(split), batch=len(mine), offset=mine.start,
+                geometry=geometry, warped=warped,
+                spatial=tuple(draws[j + mine.start] for j in slots),
             )
             for i, (case, slots, forced, warped) in enumerate(split)
         ]
@@ -202,13 +237,25 @@ class Sampler:
         return self.case_ids[int(self._rng(step, k, _CASE_STREAM).integers(len(self.case_ids)))]
 
     def _rng(self, step: int, slot: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.rank, step, slot, stream])
+        return np.random.default_rng([self.seed, 0, step, slot, stream])
+
+
+def _within(groups: list[tuple[str, list[int], list[bool]]],
+            mine: range) -> list[tuple[str, list[int], list[bool]]]:
+    """The groups' crops in the share ``mine``, as local rows (global slot − its start)."""
+    out = []
+    for case, slots, forced in groups:
+        keep = [k for k, j in enumerate(slots) if j in mine]
+        if keep:
+            out.append((case, [slots[k] - mine.start for k in keep], [forced[k] for k in keep]))
+    return out
 
 
 def crop_rng(request: CropRequest, slot: int) -> np.random.Generator:
-    """The generator of one crop: seeded by (seed, rank, step, slot) only."""
+    """The generator of the crop in local row ``slot``: seeded by (seed, step, global slot)
+    only (the 0 stands where a rank once was, so every earlier stream is unchanged)."""
     return np.random.default_rng(
-        [request.seed, request.rank, request.step, slot, _CROP_STREAM]
+        [request.seed, 0, request.step, request.offset + slot, _CROP_STREAM]
     )
 
 

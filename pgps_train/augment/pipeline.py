@@ -57,9 +57,10 @@ class BatchAugmenter:
         with torch.autocast(device.type, enabled=False):
             dummy_2d = bool(batch.get("dummy_2d", False))
             image, label = self._spatial(batch, image.float(), label, device)
-            draws = [draw_intensity(self.rng(batch["step"], slot), self.channels, dummy_2d,
-                                    mirror_axes=self.mirror_axes)
-                     for slot in range(image.shape[0])]
+            first = int(batch.get("slot_offset", 0))  # a data-parallel rank's share
+            draws = [draw_intensity(self.rng(batch["step"], first + row), self.channels,
+                                    dummy_2d, mirror_axes=self.mirror_axes)
+                     for row in range(image.shape[0])]
             p = stack_draws(draws, device)
             image = intensity.apply_all(image, p, dummy_2d=dummy_2d)
             image, label = mirror(image, label, p.mirror, inplace=True)  # host flags: no sync
@@ -69,7 +70,7 @@ class BatchAugmenter:
         return image, label
 
     def rng(self, step: int, slot: int) -> np.random.Generator:
-        """The generator of one sample's non-spatial draws: (seed, 0, step, slot) only."""
+        """The generator of one sample's non-spatial draws: (seed, 0, step, global slot)."""
         return np.random.default_rng([self.seed, 0, int(step), int(slot), _AUGMENT_STREAM])
 
     def _spatial(self, batch: dict[str, Any], image: torch.Tensor, label: torch.Tensor,
