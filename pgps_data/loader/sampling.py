@@ -151,7 +151,7 @@ class Sampler:
         groups = self._groups(step, b)
         mine = share(b, self.rank, self.world)
         if self.augment is not None:
-            return self._augmented(step, stage.index, tuple(stage.patch), b, groups, mine)
+            return self._augmented(step, stage.index, tuple(stage.patch), groups, mine)
         groups = _within(groups, mine)
         return [
             CropRequest(
@@ -208,7 +208,7 @@ class Sampler:
         rng = np.random.default_rng([self.seed, 0, step, slot, _SPATIAL_STREAM])
         return draw_spatial(rng, geometry, self.augment)
 
-    def _augmented(self, step: int, stage: int, patch: tuple[int, ...], b: int,
+    def _augmented(self, step: int, stage: int, patch: tuple[int, ...],
                    groups: list[tuple[str, list[int], list[bool]]],
                    mine: range) -> list[CropRequest]:
         """Each case's crops split into a plain and a warped request (either may be absent)."""
