@@ -9,8 +9,8 @@ neighbour.
 
 - **Softmax** (label values): soft Dice (batch Dice, background excluded, smooth 1e-5) +
   cross-entropy. The store's values become class indices first (background 0, the k-th
-  foreground value k); ignore-label voxels are left out of both terms (MONAI's
-  MaskedDiceLoss and cross-entropy's ignore_index). The pseudo-Dice compares argmaxes.
+  foreground value k); ignore-label voxels are left out of both terms (the Dice's after the
+  softmax, as nnU-Net masks them; cross-entropy's ignore_index). The pseudo-Dice compares argmaxes.
 - **Regions**: one sigmoid output per region, nnU-Net's ``DC_and_BCE_loss`` with
   ``MemoryEfficientSoftDiceLoss`` (nnunetv2/training/loss/compound_losses.py, dice.py):
   batch Dice over every region channel (``do_bg=True``), smooth 1e-5, plus binary
@@ -25,13 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from monai.losses import DiceLoss, MaskedDiceLoss
 from torch import nn
 from torch.nn import functional as F
 
 from pgps_data.labels import Labels
 
 Outputs = Sequence[torch.Tensor] | torch.Tensor
+#: Local sums (one flat tensor) → the same with every rank's summed in (distributed)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def objective_for(labels: Labels) -> SoftmaxObjective | RegionObjective:
@@ -52,8 +53,10 @@ class SoftmaxObjective(nn.Module):
         """(B, 1, Z, Y, X) store values → class indices (the ignore value → ignore_index)."""
         return self.labels(label)
 
-    def loss(self, outputs: Outputs, target: torch.Tensor) -> torch.Tensor:
-        return self.seg_loss(outputs, target)
+    def loss(self, outputs: Outputs, target: torch.Tensor,
+             reduce: Reduce | None = None) -> torch.Tensor:
+        """The deep-supervised loss; ``reduce``: the global batch's (see SegLoss)."""
+        return self.seg_loss(outputs, target, reduce)
 
     def counts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(foreground classes, 3) true-positive, false-positive, false-negative counts."""
@@ -74,9 +77,12 @@ class RegionObjective(nn.Module):
     def target(self, label: torch.Tensor) -> torch.Tensor:
         return label.long()
 
-    def loss(self, outputs: Outputs, target: torch.Tensor) -> torch.Tensor:
-        return deep_supervised(outputs, target, lambda out, tgt: region_loss(
-            out, *self.regions(tgt), self.smooth))
+    def loss(self, outputs: Outputs, target: torch.Tensor,
+             reduce: Reduce | None = None) -> torch.Tensor:
+        """The deep-supervised loss; ``reduce``: the global batch's (see SegLoss)."""
+        return deep_supervised_sums(
+            outputs, target, lambda out, tgt: region_sums(out, *self.regions(tgt)),
+            lambda *sums: region_combine(*sums, smooth=self.smooth), reduce)
 
     @torch.no_grad()
     def counts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -108,20 +114,33 @@ def region_loss(logits: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor 
     masked sum over all channels divided by the number of annotated voxels, exactly as
     nnU-Net writes it (so it weighs R times the plain mean that is taken without a mask).
     """
+    return region_combine(*region_sums(logits, regions, mask), smooth=smooth)
+
+
+def region_sums(logits: torch.Tensor, regions: torch.Tensor,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """:func:`region_loss`'s sums over the batch and voxels: per region the intersection,
+    the prediction and the target sums; the BCE sum and the voxels it is divided by."""
     probs = torch.sigmoid(logits)
     axes = (0, *range(2, logits.ndim))
+    bce_map = F.binary_cross_entropy_with_logits(logits, regions, reduction="none")
     if mask is None:
         intersect = (probs * regions).sum(axes)
         sum_pred, sum_gt = probs.sum(axes), regions.sum(axes)
-        bce = F.binary_cross_entropy_with_logits(logits, regions)
+        bce_sum, count = bce_map.sum(), logits.new_tensor(float(logits.numel()))
     else:
         m = mask.to(probs.dtype)
         intersect = (probs * regions * m).sum(axes)
         sum_pred, sum_gt = (probs * m).sum(axes), (regions * m).sum(axes)
-        bce_map = F.binary_cross_entropy_with_logits(logits, regions, reduction="none")
-        bce = (bce_map * m).sum() / m.sum().clamp_min(1e-8)
+        bce_sum, count = (bce_map * m).sum(), m.sum()
+    return intersect, sum_pred, sum_gt, bce_sum, count
+
+
+def region_combine(intersect: torch.Tensor, sum_pred: torch.Tensor, sum_gt: torch.Tensor,
+                   bce_sum: torch.Tensor, count: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """BCE + 1 - mean Dice from :func:`region_sums` (of one rank, or summed over ranks)."""
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)
-    return bce + (1 - dice.mean())
+    return bce_sum / count.clamp_min(1e-8) + (1 - dice.mean())
 
 
 class LabelMap(nn.Module):
@@ -138,18 +157,39 @@ class LabelMap(nn.Module):
         return self.lut[label.long()]
 
 
-def deep_supervised(outputs: Sequence[torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """nnU-Net's deep-supervision sum: ``loss(output, target at its size)`` per output
-    (float32), weighted by :func:`deep_supervision_weights`, weight-0 outputs skipped."""
+def deep_supervised_sums(outputs: Outputs, target: torch.Tensor,
+                         sums: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+                         combine: Callable[..., torch.Tensor],
+                         reduce: Reduce | None = None) -> torch.Tensor:
+    """nnU-Net's deep-supervision sum of a loss made of sums over the batch and its voxels:
+    each output (float32) against the target at its size (nearest-exact), weighted by
+    :func:`deep_supervision_weights`, weight-0 outputs skipped.
+
+    ``sums(output, target)`` gives each head's local sums, ``combine(*sums)`` its loss.
+    ``reduce`` (None: one process) takes every head's sums as one flat tensor and returns
+    it with the values summed over the data-parallel ranks (pgps_train.distributed.
+    globalise), so the loss is the global batch's: one collective per step, all heads."""
+    heads = [(w, sums(out, tgt)) for w, out, tgt in _heads(outputs, target)]
+    if reduce is not None:
+        parts = [s for _, ss in heads for s in ss]
+        flat = reduce(torch.cat([s.reshape(-1) for s in parts]))
+        pieces = iter(flat.split([s.numel() for s in parts]))
+        heads = [(w, tuple(next(pieces).reshape(s.shape) for s in ss)) for w, ss in heads]
+    total = None
+    for w, ss in heads:
+        term = w * combine(*ss)
+        total = term if total is None else total + term
+    return total
+
+
+def _heads(outputs: Outputs, target: torch.Tensor):  # noqa: ANN202
+    """(weight, float32 output, target at its size) per output of non-zero weight."""
     outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-    total = outputs[0].new_zeros(())
     for w, out in zip(deep_supervision_weights(len(outputs)), outputs):
         if w == 0:
             continue
         tgt = target if out.shape[2:] == target.shape[2:] else _downsample(target, out)
-        total = total + w * loss(out.float(), tgt)
-    return total
+        yield w, out.float(), tgt
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -164,32 +204,55 @@ def deep_supervision_weights(n: int) -> list[float]:
 
 class SegLoss(nn.Module):
     """Dice + CE over a list of outputs (deep supervision), targets as class indices
-    (the softmax path: MONAI's Dice, batch Dice, background excluded)."""
+    (the softmax path: batch Dice, background excluded, smooth 1e-5 in numerator and
+    denominator, as MONAI's ``DiceLoss(include_background=False, softmax=True,
+    batch=True)``, which the tests check it equals).
+
+    The loss is computed from sums over the batch and its voxels (per class the
+    intersection, the prediction and the target sums; the cross-entropy sum and its voxel
+    count), so with data-parallel ranks it is the global batch's: ``reduce`` sums them
+    over the ranks (pgps_train.distributed.globalise) before they are combined. With an
+    ignore label the ignored voxels leave both terms, the Dice's after the softmax as
+    nnU-Net's ``MemoryEfficientSoftDiceLoss`` masks them (MONAI's ``MaskedDiceLoss`` masks
+    the logits before its softmax, so an ignored voxel still added 1/C per class to the
+    prediction sum).
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = -100, smooth: float = 1e-5):
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        kw = dict(include_background=False, softmax=True, batch=True,
-                  smooth_nr=smooth, smooth_dr=smooth)
-        self.dice = MaskedDiceLoss(**kw) if ignore_index >= 0 else DiceLoss(**kw)
+        self.smooth = smooth
 
     def forward(self, outputs: Sequence[torch.Tensor] | torch.Tensor,
-                target: torch.Tensor) -> torch.Tensor:
+                target: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
         """``target`` (B, 1, Z, Y, X) long class indices at the outputs' resolution."""
-        return deep_supervised(outputs, target, self._one)
+        return deep_supervised_sums(outputs, target, self.sums, self.combine, reduce)
 
-    def _one(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target[:, 0], ignore_index=self.ignore_index)
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per foreground class: intersection, prediction and target sums; CE sum, count."""
+        ce_sum = F.cross_entropy(logits, target[:, 0], ignore_index=self.ignore_index,
+                                 reduction="sum")
+        probs = torch.softmax(logits, 1)[:, 1:]
         if self.ignore_index >= 0:
-            mask = (target != self.ignore_index)
-            onehot = F.one_hot(torch.where(mask, target, 0)[:, 0], self.num_classes)
-            onehot = onehot.permute(0, 4, 1, 2, 3).to(logits.dtype)
-            dice = self.dice(logits, onehot, mask=mask.to(logits.dtype))
+            mask = target != self.ignore_index
+            classes = torch.where(mask, target, 0)[:, 0]
+            count = mask.sum().to(logits.dtype)
         else:
-            onehot = F.one_hot(target[:, 0], self.num_classes).permute(0, 4, 1, 2, 3)
-            dice = self.dice(logits, onehot.to(logits.dtype))
-        return ce + dice
+            mask, classes = None, target[:, 0]
+            count = logits.new_tensor(float(classes.numel()))
+        onehot = F.one_hot(classes, self.num_classes).movedim(-1, 1)[:, 1:].to(probs.dtype)
+        if mask is not None:
+            m = mask.to(probs.dtype)
+            probs, onehot = probs * m, onehot * m
+        axes = (0, *range(2, logits.ndim))
+        return (probs * onehot).sum(axes), probs.sum(axes), onehot.sum(axes), ce_sum, count
+
+    def combine(self, intersect: torch.Tensor, sum_pred: torch.Tensor, sum_gt: torch.Tensor,
+                ce_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """CE (the mean over the counted voxels) + 1 - mean Dice over the foreground."""
+        dice = (2 * intersect + self.smooth) / (sum_gt + sum_pred + self.smooth)
+        return ce_sum / count.clamp_min(1) + (1 - dice.mean())
 
 
 def nearest_exact(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -76,6 +76,23 @@ class DeliveredCrops:
         self.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
         self._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=device)
                         for k, v in state["counts"].items()}
+
+    def summed(self, stages: int, sum_across: Callable[[torch.Tensor], torch.Tensor],
+               device: torch.device | str) -> DeliveredCrops:
+        """These counts summed over data-parallel ranks (``sum_across``: an all-reduce of
+        one tensor; every rank calls it at the same step), stages 0..``stages``-1."""
+        voxels = torch.tensor([self.voxels.get(k, 0) for k in range(stages)],
+                              dtype=torch.int64, device=device)
+        counts = torch.stack([self._counts[k].to(device) if k in self._counts else
+                              torch.zeros(BINS, dtype=torch.int64, device=device)
+                              for k in range(stages)])
+        total = sum_across(torch.cat([voxels[:, None], counts], dim=1))
+        out = DeliveredCrops()
+        for k, row in enumerate(total):
+            if int(row[0]) or bool(row[1:].any()):
+                out.voxels[k] = int(row[0])
+                out._counts[k] = row[1:].clone()
+        return out
 
     def fractions(self, stage: int, labels: Labels) -> dict[str, float | None] | None:
         """Scored class name → its share of the stage's annotated label voxels (host sync)."""

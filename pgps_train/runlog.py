@@ -37,6 +37,7 @@ schedule table and the evaluation lines go to stderr (``progress_console``).
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -84,8 +85,12 @@ class RunLog:
 
     def __init__(self, out: Path, cur: Curriculum, *, resume_from: int = 0,
                  quiet: bool = False, log=print,  # noqa: ANN001
-                 device: torch.device | str = "cpu", labels: Labels | None = None):
+                 device: torch.device | str = "cpu", labels: Labels | None = None,
+                 write: bool = True):
+        """``write=False``: a data-parallel follower's log, counting like rank 0's but
+        writing no file and printing nothing (rank 0 owns the run folder)."""
         self.out = out
+        quiet = quiet or not write
         self.resumed_from = resume_from
         self.labels = labels  # None: no delivered-foreground fractions
         self.crops = DeliveredCrops()
@@ -102,12 +107,15 @@ class RunLog:
         self.t0 = time.perf_counter()
         self.last_eval: dict[str, Any] | None = None
         self.timers = Timers()
-        self._steps = _open_csv(out / "steps.csv", ["step", "stage", "loss"], resume_from)
-        self._evals = _open_csv(out / "log.csv", EVAL_FIELDS, resume_from)
+        self._steps = _open_csv(out / "steps.csv" if write else None,
+                                ["step", "stage", "loss"], resume_from)
+        self._evals = _open_csv(out / "log.csv" if write else None, EVAL_FIELDS, resume_from)
+        self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from or None)
+            if write:
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_from or None)
         except ImportError:  # tensorboard is a dependency; keep running without it anyway
             self.tb = None
         self.progress = Progress(
@@ -293,8 +301,12 @@ class RunLog:
         }
 
 
-def _open_csv(path: Path, header: list[str], resume_from: int):  # noqa: ANN202
-    """Open ``path`` for appending, keeping only rows of steps before ``resume_from``."""
+def _open_csv(path: Path | None, header: list[str], resume_from: int):  # noqa: ANN202
+    """Open ``path`` for appending, keeping only rows of steps before ``resume_from``
+    (None: the null device, for a log that writes nothing)."""
+    if path is None:
+        fh = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+        return fh, csv.writer(fh)
     rows: list[list[str]] = []
     if resume_from and path.exists():
         with open(path, newline="") as fh:

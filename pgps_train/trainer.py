@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,20 @@ from pgps_train.checkpoint import (
     set_rng_state,
 )
 from pgps_train.devices import choose_device
+from pgps_train.distributed import (
+    SINGLE,
+    RankFailure,
+    Ranks,
+    any_rank,
+    collectives,
+    device_for,
+    from_main,
+    globalise,
+    ranks_from_env,
+    sum_across,
+)
+from pgps_train.distributed import start as dist_start
+from pgps_train.distributed import stop as dist_stop
 from pgps_train.final_patch import resolve_patch
 from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loader_batches
 from pgps_train.losses import RegionObjective, SoftmaxObjective, objective_for
@@ -63,6 +80,7 @@ from pgps_train.run_config import (
     write_run_record,
 )
 from pgps_train.run_dir import check_run_folder, clear_run, run_lock
+from pgps_train.run_records import DeliveredCrops
 from pgps_train.runlog import RunLog, Timers
 
 
@@ -106,7 +124,7 @@ class TrainConfig:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001
-          log=print) -> dict[str, Any]:
+          log=print, ranks: Ranks | None = None) -> dict[str, Any]:
     """Train one run; returns the run summary (times, last validation, final Dice).
 
     ``resume`` continues the run in ``cfg.out`` from its latest checkpoint: ``cfg`` must
@@ -115,19 +133,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  #
     :class:`Interrupted`; a failed loader worker raises a one-line error after the same.
     A folder that already holds a run needs ``resume`` or ``overwrite``; the run holds the
     folder's lock throughout (see run_dir).
+
+    ``ranks`` (default: torchrun's environment, see pgps_train.distributed): with more than
+    one, the run is data-parallel (DistributedDataParallel): the curriculum's batch is the
+    global batch, each rank trains on its share of every step's slots with the global
+    loss, rank 0 alone holds the folder, writes checkpoints and logs; every rank stops on
+    the same step. A dead or silent rank ends the others with :class:`RankFailure`.
     """
-    choose_device(cfg.device)  # --device cuda without CUDA: one line before any folder is made
+    ranks = ranks_from_env() if ranks is None else ranks
+    # --device cuda without CUDA: one line before any folder is made
+    device = device_for(choose_device(cfg.device), ranks)
     out = Path(cfg.out)
-    with run_lock(out), StopSignals() as stop:
-        check_run_folder(out, resume=resume, overwrite=overwrite)
-        if overwrite and not resume:
-            clear_run(out)  # the old run's checkpoints must never be resumed by this one
-        out.mkdir(parents=True, exist_ok=True)
-        return _train(cfg, out, resume, log, stop)
+    dist_start(ranks, device)
+    try:
+        with ExitStack() as held:
+            def prepare() -> None:
+                held.enter_context(run_lock(out))
+                check_run_folder(out, resume=resume, overwrite=overwrite)
+                if overwrite and not resume:
+                    clear_run(out)  # the old run's checkpoints must never be resumed by this one
+                out.mkdir(parents=True, exist_ok=True)
+
+            from_main(ranks, prepare, device=device)  # rank 0 holds the folder
+            stop = held.enter_context(StopSignals())
+            return _train(cfg, out, resume, log, stop, ranks, device)
+    finally:
+        dist_stop(ranks)
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) -> dict[str, Any]:  # noqa: ANN001, C901, PLR0915
-    device = torch.device(cfg.device)
+def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals,  # noqa: ANN001, C901, PLR0912, PLR0915
+           ranks: Ranks = SINGLE, device_name: str | None = None) -> dict[str, Any]:
+    device = torch.device(device_name or cfg.device)
+    main = ranks.main
+    if not main:
+        log = _silent  # noqa: PLW0127 - rank 0 prints for the job
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -148,12 +187,17 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             f"{len(store.case_ids)} complete case(s)")
     ckpt = None
     if resume:  # the same run on the same store, or a one-line refusal (run_config)
-        check_agrees(asdict(cfg), saved_config(out), out)
-        if (out / LATEST).exists():
-            ckpt = load_checkpoint(out / LATEST, log=log)
-        else:
-            log(f"{out}: no checkpoint to resume from; starting at step 0")
-        check_store(store, recorded_identity(out, ckpt), out)
+        def resumed() -> dict[str, Any] | None:
+            check_agrees(asdict(cfg), saved_config(out), out)
+            found = None
+            if (out / LATEST).exists():
+                found = load_checkpoint(out / LATEST, log=log)
+            else:
+                log(f"{out}: no checkpoint to resume from; starting at step 0")
+            check_store(store, recorded_identity(out, found), out)
+            return found
+
+        ckpt = from_main(ranks, resumed, device=device)  # rank 0 reads it, sends it on
     identity = store_identity(store)
     splits = load_splits(cfg.splits, store.case_ids) if cfg.splits else None
     train_ids, val_ids = fold_cases(store.case_ids, cfg.fold, splits)
@@ -169,8 +213,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                                                      **grid).patch_sizes)
     cur = Curriculum.from_steps(epochs=epochs, mode=cfg.mode, **grid)
     augment_spec, augmenter = augmentation_for(cfg, store, labels)
-    loader = make_loader(store, cur, workers=cfg.workers, seed=cfg.seed, cases=train_ids,
-                         augment=augment_spec)
+    try:  # data-parallel: each rank serves its share of the global batch's slots
+        loader = make_loader(store, cur, workers=cfg.workers, seed=cfg.seed, cases=train_ids,
+                             augment=augment_spec, rank=ranks.rank, world=ranks.world)
+    except ValueError as exc:  # a stage whose global batch is smaller than the world
+        raise PGPSInputError(f"--batch {cfg.batch} on {ranks.world} processes: {exc}") from None
     val_loader = make_validation_loader(store, cur, val_ids, batches=cfg.eval_batches,
                                         workers=min(cfg.workers, 2), seed=cfg.seed + 1)
 
@@ -189,15 +236,32 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                  loader=loader)
         set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
-    _write_model_json(out, net, store, patch, labels)
-    write_run_record(out, asdict(cfg), identity)
-    (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
+    model, reduce = net, None
+    if ranks.distributed:  # every rank now holds the same weights (the seed, or the checkpoint)
+        with collectives(ranks, "starting data-parallel training"):
+            # every parameter gets a gradient: the weight-0 deep-supervision head is a
+            # slice of the stacked outputs (a zero gradient, as in one process)
+            model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        reduce = partial(globalise, ranks)
+    if main:
+        _write_model_json(out, net, store, patch, labels)
+        write_run_record(out, asdict(cfg), identity)
+        (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
     runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device,
-                    labels=labels)
+                    labels=labels, write=main)
     runlog.schedule(cur)
     t_wait = t_compute = 0.0
     if ckpt is not None and "runlog" in ckpt:  # older checkpoints: totals since the resume
         t_compute, t_wait = runlog.load_state_dict(ckpt["runlog"])
+        if not main:  # the delivered crops so far are global: rank 0 alone carries them on
+            runlog.crops = DeliveredCrops()
+
+    def crops_total() -> DeliveredCrops:
+        """The delivered crops of the whole job (a collective: every rank calls it)."""
+        if not ranks.distributed:
+            return runlog.crops
+        return runlog.crops.summed(len(cur.stages), partial(sum_across, ranks), device)
 
     saved_at = start if ckpt is not None else None
 
@@ -205,20 +269,22 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
         nonlocal saved_at
         with runlog.timers.timed("checkpoint"):
             runlog.flush()
+            state = runlog.state_dict(t_compute, t_wait)
+            state["crops"] = crops_total().state_dict()
             # The loader's state is its next step; `done` says it even when a batch beyond
             # it was already fetched (a stop between fetch and compute).
-            save_checkpoint(out / LATEST, {
-                "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "loader": {**loader.state_dict(), "next_step": done}, "rng": rng_state(),
-                "step": done, "store_identity": identity,
-                "runlog": runlog.state_dict(t_compute, t_wait),
-            })
+            if main:  # one writer; the others' state is the same (DDP keeps them equal)
+                save_checkpoint(out / LATEST, {
+                    "model": net.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                    "loader": {**loader.state_dict(), "next_step": done}, "rng": rng_state(),
+                    "step": done, "store_identity": identity, "runlog": state,
+                })
         saved_at = done
 
     # -- the loop --------------------------------------------------------------------------
     t_start = time.perf_counter()
-    done, stopped, failure = start, None, None
+    done, stopped, failure, signalled = start, None, None, False
     stop.graceful = True  # from here a signal ends the run after the current step
     net.train()
     try:
@@ -246,10 +312,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
             runlog.delivered(stage, x, values)  # voxels and label histogram, on the device
             y = objective.target(values)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-                outputs = net(x)
-            loss = objective.loss(outputs, y)
+                outputs = model(x)
+            loss = objective.loss(outputs, y, reduce)  # the global batch's, on every rank
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            with collectives(ranks, "averaging gradients"):
+                # DDP averages the ranks' gradients: world × loss makes the average the
+                # global batch's gradient (pgps_train.distributed)
+                scaler.scale(loss * ranks.world if ranks.distributed else loss).backward()
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(opt)
@@ -269,9 +338,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                 net.train()
             if done == stage.end_iter or done % cfg.save_every == 0 or done == total:
                 checkpoint(done)
-            if stop.signum is not None:  # SIGINT/SIGTERM: the step is complete, stop here
+            # every rank stops on the same step: a signal or the time limit of any of them
+            signalled, time_up = any_rank(
+                ranks, stop.signum is not None, bool(
+                    cfg.max_seconds and done < total
+                    and time.perf_counter() - t_start >= cfg.max_seconds), device=device)
+            if signalled:  # SIGINT/SIGTERM: the step is complete, stop here
                 break
-            if cfg.max_seconds and done < total and time.perf_counter() - t_start >= cfg.max_seconds:
+            if time_up:
                 stopped = done
                 if saved_at != done:
                     checkpoint(done)
@@ -279,7 +353,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                     "iterations (checkpoint written; --resume continues)")
                 break
             t_prev = time.perf_counter()
-    except (LoaderWorkerError, WorkerDataError) as exc:
+    except (LoaderWorkerError, WorkerDataError, RankFailure) as exc:
         failure = exc
     except BaseException:
         runlog.close()
@@ -289,25 +363,39 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
         val_loader.close()
 
     # -- an early end: a signal, or a failed loader (whose workers may have had our signal)
+    if isinstance(failure, RankFailure):  # the others are gone: no collective, no new file
+        runlog.close()
+        hint = "" if saved_at is None else f"; checkpoint at step {saved_at} (--resume continues)"
+        raise RankFailure(f"{failure}{hint}") from None
     if failure is not None and stop.signum is None and not (
             isinstance(failure, LoaderWorkerError) and stop.wait_for_signal(0.5)):
-        if done > start and saved_at != done:
-            checkpoint(done)  # keep the steps done: the state in memory is consistent
+        # keep the steps done: the state in memory is consistent; with other ranks the
+        # checkpoint would need them (a collective), so the last one stands
+        if done > start and saved_at != done and not ranks.distributed:
+            checkpoint(done)
         runlog.close()
         hint = "" if saved_at is None else f"; checkpoint at step {saved_at} (--resume continues)"
         raise type(failure)(f"{failure}{hint}") from None
-    if stop.signum is not None:
+    if stop.signum is not None or signalled:
         if saved_at != done:
             checkpoint(done)  # a second signal here aborts the write: the old file stays
         runlog.close()
-        raise Interrupted(stop.signum, done, checkpoint=True)
+        raise Interrupted(stop.signum or signal.SIGTERM, done, checkpoint=True)
     stop.graceful = False
 
-    with runlog.timers.timed("checkpoint"):
-        save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": stopped or total})
+    if main:
+        with runlog.timers.timed("checkpoint"):
+            save_checkpoint(out / FINAL, {"model": net.state_dict(), "step": stopped or total})
+    if ranks.distributed:  # the job's delivered crops (the last collective of the run)
+        with collectives(ranks, "summing the delivered crops"):
+            runlog.crops = crops_total()
     summary = runlog.finish(t_compute, t_wait)
+    if ranks.distributed:
+        summary["world_size"] = ranks.world
     if stopped is not None:
         summary["stopped_at_step"] = stopped
+    if not main:
+        return summary  # rank 0 evaluates and writes the summary
     if cfg.final_eval:
         from pgps_train.final_eval import evaluate_run  # noqa: PLC0415
 
@@ -315,6 +403,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals) ->
                                         quiet=cfg.quiet)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """A data-parallel follower's log: rank 0 prints for the job."""
 
 
 def _restore(ckpt: dict[str, Any], path: Path, **parts: Any) -> None:

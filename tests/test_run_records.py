@@ -65,9 +65,9 @@ def _run(cfg: TrainConfig, *, resume: bool = False) -> tuple[dict[str, Any], dic
         obj = real_objective(labels)
         loss = obj.loss
 
-        def spy(outputs, target):  # noqa: ANN001, ANN202
+        def spy(outputs, target, *reduce):  # noqa: ANN001, ANN002, ANN202
             seen["targets"].append(target.detach().clone())
-            return loss(outputs, target)
+            return loss(outputs, target, *reduce)
 
         obj.loss = spy
         return obj

@@ -20,6 +20,7 @@ from dataclasses import fields
 from typing import Any
 
 from pgps_data.console import protect_output
+from pgps_data.errors import PGPSInputError
 from pgps_data.schedule.curriculum import MODES, RULES
 from pgps_train.augment.choices import AUGMENTS, GEOMETRIES
 from pgps_train.devices import DEVICE_METAVAR, device_arg
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-incomplete", action="store_true",
                    help="train on a store whose conversion did not finish (its complete cases)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dist-timeout", type=float, default=60.0, metavar="S",
+                   help="under torchrun: seconds a rank waits for the others before the job "
+                   "ends with one line (default 60; a dead or hung rank, never a 30-minute wait)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its recorded settings")
@@ -152,19 +156,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resume_cmd = shlex.join(["pgps-train", args.store, "--out", args.out, "--resume",
                              *(["--allow-incomplete"] if args.allow_incomplete else [])])
+    try:  # under torchrun: this process's rank (pgps_train.distributed)
+        from pgps_train.distributed import ranks_from_env
+
+        ranks = ranks_from_env(args.dist_timeout)
+    except PGPSInputError as exc:
+        print(f"pgps-train: error: {exc}", file=sys.stderr)
+        return 2
+    if ranks.distributed:
+        resume_cmd = f"torchrun --nproc-per-node N -m pgps_train.cli.train " \
+                     f"{shlex.join(shlex.split(resume_cmd)[1:])}"
+
     def work() -> tuple[Any, Any]:
         from pgps_train.run_config import saved_config
         from pgps_train.trainer import train
 
         saved = saved_config(args.out) if args.resume else None
         cfg = config_from_args(args) if saved is None else resume_config(args, saved)
-        return cfg, train(cfg, resume=args.resume, overwrite=args.overwrite)
+        return cfg, train(cfg, resume=args.resume, overwrite=args.overwrite, ranks=ranks)
 
     done, status = run_or_explain("pgps-train", work, again=f"resume with: {resume_cmd}",
-                                  fix_then=f"continue with {resume_cmd}", where=args.out)
+                                  fix_then=f"continue with {resume_cmd}", where=args.out,
+                                  rank=ranks.rank)
     if done is None:
         return status
     cfg, summary = done
+    if not ranks.main:
+        return 0  # rank 0 reports the run
     final = summary.get("final") or {}
     ran = summary.get("stopped_at_step", summary["iterations"])
     print(f"done: {ran} iterations in {summary['seconds_wall']:.1f} s "

@@ -1,0 +1,206 @@
+"""Data-parallel training on the CPU (gloo, 2 processes): the global batch's gradient, one
+writer, the same stop on every rank, resume after kill -9 on 2 and on 1 process, a hung rank
+ends the job within the timeout, a stage smaller than the world is refused in one line.
+
+The ranks are started by torchrun (as users do) or, where a test must kill or freeze one
+rank, directly with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT): torchrun's agent would otherwise end the survivors itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgps_train.checkpoint import FINAL, LATEST
+
+# performance mode, tiny: 10 stages × 2 iterations, global batches 2..; a checkpoint every
+# 4 steps and at every stage end
+FLAGS = ["--preset", "tiny", "--fold", "all", "--mode", "performance", "--patch", "8", "16",
+         "16", "--epochs", "0", "--iterations-per-epoch", "2", "--eval-every", "100",
+         "--save-every", "4", "--workers", "1", "--no-final-eval", "--deterministic",
+         "--quiet"]
+TIMEOUT = "5"  # --dist-timeout of the failure tests
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+def _torchrun(store: Path, out: Path, n: int, *extra: str) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", str(n), "-m",
+                           "pgps_train.cli.train", str(store), *FLAGS, "--out", str(out),
+                           *extra], env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _one(store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgps_train.cli.train", str(store), *FLAGS,
+                           "--out", str(out), *extra], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(store: Path, out: Path, world: int = 2, *extra: str) -> list[subprocess.Popen]:
+    """``world`` ranks started with torchrun's environment, without its agent."""
+    port = str(_free_port())
+    return [subprocess.Popen(
+        [sys.executable, "-m", "pgps_train.cli.train", str(store), *FLAGS, "--out", str(out),
+         "--dist-timeout", TIMEOUT, *extra],
+        env=_env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+
+
+def _wait_for_checkpoint(out: Path, at_least: int, procs: list[subprocess.Popen]) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / LATEST).exists():
+            step = int(torch.load(out / LATEST, weights_only=True)["step"])
+            if step >= at_least:
+                return step
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint in time")
+
+
+def _weights(out: Path, name: str = FINAL) -> dict[str, torch.Tensor]:
+    return torch.load(out / name, weights_only=True)["model"]
+
+
+def _losses(out: Path) -> list[float]:
+    with open(out / "steps.csv", newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run on 2 ranks (torchrun)."""
+    out = tmp_path_factory.mktemp("ddp") / "two"
+    done = _torchrun(tiny_store, out, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done: 20 iterations") == 1  # rank 0 alone reports
+    return out
+
+
+def test_the_gradient_is_the_single_process_gradient_of_the_global_batch(tmp_path: Path) -> None:
+    """tests/ddp_steps.py: three SGD steps of the trainer's recipe (global loss, world ×
+    loss under DDP's averaging, clipping, Nesterov momentum) on fixed global batches."""
+    port = str(_free_port())
+    ranks = [subprocess.Popen([sys.executable, "-m", "tests.ddp_steps", str(r), "2", port,
+                               str(tmp_path / "two.pt")], env=_env()) for r in (0, 1)]
+    subprocess.run([sys.executable, "-m", "tests.ddp_steps", "0", "1", "0",
+                    str(tmp_path / "one.pt")], env=_env(), check=True, timeout=120)
+    assert [p.wait(timeout=120) for p in ranks] == [0, 0]
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-6)
+    assert _max_diff(two["model"], one["model"]) < 1e-6
+    assert two["losses"][0] != pytest.approx(two["losses"][-1], rel=1e-3)  # it did train
+
+
+def test_two_ranks_train_like_one_process_of_the_global_batch(two_ranks: Path, tiny_store: Path,
+                                                              tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    done = _one(tiny_store, one)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _losses(two_ranks), _losses(one)
+    assert len(a) == len(b) == 20
+    assert a[:2] == pytest.approx(b[:2], rel=1e-5)  # the same crops, the same loss
+    assert a == pytest.approx(b, rel=5e-3)  # float rounding grows over the steps, no more
+    assert _max_diff(_weights(two_ranks), _weights(one)) < 5e-3
+    s2 = json.loads((two_ranks / "summary.json").read_text())
+    s1 = json.loads((one / "summary.json").read_text())
+    assert s2["world_size"] == 2 and "world_size" not in s1
+    # the job's crops: both ranks' shares counted once
+    assert s2["voxels"] == s1["voxels"]
+    assert [st["foreground"] for st in s2["stages"]] == [st["foreground"] for st in s1["stages"]]
+
+
+def test_sigterm_to_one_rank_stops_both_on_one_step_and_resumes_exactly(
+        two_ranks: Path, tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    procs = _ranks(tiny_store, out)
+    _wait_for_checkpoint(out, 4, procs)
+    procs[1].send_signal(signal.SIGTERM)  # a scheduler's signal that reached one rank only
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143]
+    step = int(torch.load(out / LATEST, weights_only=True)["step"])
+    assert len(_losses(out)) == step  # the checkpoint is at the step both stopped after
+    assert "resume with: torchrun" in results[0][1]
+    assert results[1][1].strip() == ""  # the follower says nothing: rank 0 spoke
+    resumed = _torchrun(tiny_store, out, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(out) == _losses(two_ranks)
+    assert _max_diff(_weights(out), _weights(two_ranks)) == 0.0
+
+
+def test_kill9_of_a_rank_is_one_line_and_the_run_resumes_on_one_process(
+        two_ranks: Path, tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    procs = _ranks(tiny_store, out)
+    _wait_for_checkpoint(out, 4, procs)
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    _, err = procs[0].communicate(timeout=60)
+    procs[1].wait()
+    assert procs[0].returncode == 1
+    assert time.monotonic() - t0 < 30
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "another rank died or did not answer" in lines[0], err[-2000:]
+    saved = int(torch.load(out / LATEST, weights_only=True)["step"])
+    assert f"checkpoint at step {saved}" in lines[0]
+    resumed = _one(tiny_store, out, "--resume")  # the draws do not depend on the world size
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(_losses(out)) == 20
+    assert _losses(out)[:saved] == _losses(two_ranks)[:saved]
+    assert _losses(out) == pytest.approx(_losses(two_ranks), rel=5e-3)
+    assert _max_diff(_weights(out), _weights(two_ranks)) < 5e-3
+
+
+def test_a_hung_rank_ends_the_job_within_the_timeout(tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    procs = _ranks(tiny_store, out)
+    try:
+        _wait_for_checkpoint(out, 4, procs)
+        procs[1].send_signal(signal.SIGSTOP)  # alive, silent
+        t0 = time.monotonic()
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    assert procs[0].returncode == 1
+    assert waited < float(TIMEOUT) + 15, waited
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err[-2000:]
+    assert f"did not answer within {TIMEOUT} s" in lines[0]
+
+
+def test_a_stage_smaller_than_the_world_is_one_line(tiny_store: Path, tmp_path: Path) -> None:
+    done = _torchrun(tiny_store, tmp_path / "run", 3, "--mode", "efficiency")  # batch 2 < 3
+    assert done.returncode != 0
+    ours = [ln for ln in done.stderr.splitlines() if ln.startswith(("pgps-train", "[rank"))]
+    assert len(ours) == 1, done.stderr[-3000:]
+    assert "smaller than" in ours[0] or "3 processes" in ours[0], ours
+    assert not (tmp_path / "run" / LATEST).exists()
