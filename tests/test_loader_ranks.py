@@ -83,3 +83,15 @@ def test_a_stage_smaller_than_the_world_is_refused(store) -> None:
     cur = _cur(mode="efficiency", batch=2)
     with pytest.raises(ValueError, match="global batch of 2, smaller than the 3 processes"):
         Sampler(store.case_ids, cur, world=3, rank=0)
+
+
+@pytest.mark.parametrize("augment", [None, ALWAYS])
+def test_a_ranks_ring_holds_its_share_not_the_global_batch(store, augment) -> None:
+    from pgps_data.loader.batching import max_step_bytes
+
+    cur = _cur(mode="efficiency", batch=4)
+    one = max_step_bytes(Sampler(store.case_ids, cur, augment=augment), 1)
+    for rank in (0, 1):
+        half = max_step_bytes(Sampler(store.case_ids, cur, augment=augment, rank=rank,
+                                      world=2), 1)
+        assert half * 2 == one

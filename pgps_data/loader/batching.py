@@ -15,7 +15,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from pgps_data.loader.ring import request_layout
-from pgps_data.loader.sampling import Sampler
+from pgps_data.loader.sampling import Sampler, share
 from pgps_data.loader.workers import Crops, CropWorkers
 
 
@@ -117,12 +117,14 @@ def max_step_bytes(sampler: Sampler, channels: int) -> int:
     Sizing for that worst case keeps the ring's guarantee (two steps fit, whatever their
     split into requests, so dispatch never waits on itself); it costs |I|/|F| (~4.6 in 3D)
     times the memory of a step without augmentation, ~2.3x of what a typical step uses.
+    Data-parallel: a rank's share of each step (its rows), not the global batch.
     """
     cur = sampler.curriculum
     sizes = [(s.batch, s.patch) for s in cur.stages]
     sizes += [(cur.final_batch, p) for p in cur.patch_sizes]
     best = 0
-    for b, patch in sizes:
+    for b_global, patch in sizes:
+        b = len(share(int(b_global), sampler.rank, sampler.world))
         patch = tuple(int(p) for p in patch)
         if sampler.augment is None:
             shape = tuple(p + 2 * m for p, m in zip(patch, sampler.margin))
