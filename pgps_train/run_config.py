@@ -22,10 +22,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgps_data.errors import PGPSInputError, read_json
 from pgps_data.store.atomic_write import write_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from pgps_data.labels import Labels
 
 CONFIG = "config.json"
 STORE_IDENTITY = "store_identity.json"
@@ -174,3 +179,26 @@ def write_run_record(out: Path, config: dict[str, Any], identity: dict[str, Any]
     """config.json and store_identity.json of the run in ``out``."""
     write_json(out / CONFIG, config)
     write_json(out / STORE_IDENTITY, identity)
+
+
+def write_model_json(out: Path, net: torch.nn.Module, store, patch,  # noqa: ANN001
+                      labels: Labels) -> None:
+    """What inference needs to rebuild the network and preprocess raw files like the store.
+
+    The label keys are the store's (:meth:`Labels.to_dict`): with regions the network has
+    one sigmoid output per region and pgps-predict paints them in ``regions_class_order``.
+    """
+    meta = store.meta
+    model = {
+        "network": net.config(),
+        "patch": list(patch),
+        "num_classes": labels.num_outputs,
+        **labels.to_dict(),
+        "channel_names": meta["channel_names"],
+        "modalities": meta["modalities"],
+        "target_spacing": meta["target_spacing"],
+        "intensity_statistics": meta["intensity_statistics"],
+        "use_mask_for_norm": bool(meta.get("plan", {}).get("use_mask_for_norm", False)),
+        "file_ending": meta.get("file_ending", ".nii.gz"),
+    }
+    write_json(out / "model.json", model)

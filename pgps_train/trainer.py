@@ -25,7 +25,6 @@ counted per stage (run_records).
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from contextlib import ExitStack
@@ -68,7 +67,7 @@ from pgps_train.distributed import start as dist_start
 from pgps_train.distributed import stop as dist_stop
 from pgps_train.final_patch import resolve_patch
 from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loader_batches
-from pgps_train.losses import RegionObjective, SoftmaxObjective, objective_for
+from pgps_train.losses import objective_for
 from pgps_train.networks import build_network
 from pgps_train.run_config import (
     check_agrees,
@@ -77,11 +76,13 @@ from pgps_train.run_config import (
     saved_config,
     store_identity,
     write_json,
+    write_model_json,
     write_run_record,
 )
 from pgps_train.run_dir import check_run_folder, clear_run, run_lock
 from pgps_train.run_records import DeliveredCrops
-from pgps_train.runlog import RunLog, Timers
+from pgps_train.runlog import RunLog
+from pgps_train.validation import validate
 
 
 @dataclass
@@ -245,7 +246,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals,  #
                 net, device_ids=[device.index] if device.type == "cuda" else None)
         reduce = partial(globalise, ranks)
     if main:
-        _write_model_json(out, net, store, patch, labels)
+        write_model_json(out, net, store, patch, labels)
         write_run_record(out, asdict(cfg), identity)
         (out / "curriculum.json").write_text(json.dumps(cur.to_dict(), indent=1))
     runlog = RunLog(out, cur, resume_from=start, quiet=cfg.quiet, log=log, device=device,
@@ -422,59 +423,3 @@ def _restore(ckpt: dict[str, Any], path: Path, **parts: Any) -> None:
                 f"{path}: its {name} state does not fit this run ({type(exc).__name__}: "
                 f"{first}); resume with the settings the run was started with, or start a "
                 "new run with another --out") from None
-
-
-@torch.no_grad()
-def validate(net: torch.nn.Module, val_loader,  # noqa: ANN001
-             objective: SoftmaxObjective | RegionObjective, device: torch.device,
-             amp_dtype: torch.dtype, timers: Timers | None = None) -> list[float]:
-    """nnU-Net's pseudo-Dice per foreground class (or region) over the validation crops.
-
-    ``timers`` gets the wait for the first batch (the first pass starts the validation
-    workers and reads the crops; later passes replay them)
-    as ``validation_startup`` and the rest as ``validation``.
-    """
-    net.eval()
-    counts = None
-    t0, first = time.perf_counter(), True
-    for batch in loader_batches(val_loader):
-        if first and timers is not None:
-            t1 = time.perf_counter()
-            timers.add("validation_startup", t1 - t0)
-            t0, first = t1, False
-        x = batch["image"].to(device, non_blocking=True)
-        y = objective.target(batch["label"].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=device.type == "cuda"):
-            logits = net(x)
-        c = objective.counts(logits.float(), y)
-        counts = c if counts is None else counts + c
-    if timers is not None:
-        timers.add("validation", time.perf_counter() - t0)
-    if counts is None:
-        return []
-    tp, fp, fn = counts.double().unbind(1)
-    dice = 2 * tp / (2 * tp + fp + fn)
-    return [float("nan") if math.isnan(d) else round(float(d), 4) for d in dice.tolist()]
-
-
-def _write_model_json(out: Path, net: torch.nn.Module, store, patch,  # noqa: ANN001
-                      labels: Labels) -> None:
-    """What inference needs to rebuild the network and preprocess raw files like the store.
-
-    The label keys are the store's (:meth:`Labels.to_dict`): with regions the network has
-    one sigmoid output per region and pgps-predict paints them in ``regions_class_order``.
-    """
-    meta = store.meta
-    model = {
-        "network": net.config(),
-        "patch": list(patch),
-        "num_classes": labels.num_outputs,
-        **labels.to_dict(),
-        "channel_names": meta["channel_names"],
-        "modalities": meta["modalities"],
-        "target_spacing": meta["target_spacing"],
-        "intensity_statistics": meta["intensity_statistics"],
-        "use_mask_for_norm": bool(meta.get("plan", {}).get("use_mask_for_norm", False)),
-        "file_ending": meta.get("file_ending", ".nii.gz"),
-    }
-    write_json(out / "model.json", model)
