@@ -8,7 +8,9 @@ resumed run first drops the rows written after its checkpoint, so both files rea
 uninterrupted run. The summary's ``stages`` aggregates each stage this process ran: steps,
 seconds computing and waiting, mean step time, data-wait share and (on CUDA) the peak of
 ``torch.cuda.max_memory_allocated`` during the stage. Device-side augmentation is timed
-apart from compute (``seconds_augment``, per stage and in total).
+apart from compute (``seconds_augment``, per stage and in total). From a remote store a
+stage also says ``remote_requests`` and ``remote_bytes``: what this process's loader
+fetched for it (range requests and bytes; on a data-parallel job rank 0's share).
 
 What `pgps-compare` reads (run_records): ``seconds_train``, the loop's wall time less
 validation (and its start-up) and checkpoint writes, i.e. ``seconds_wall −
@@ -171,11 +173,17 @@ class RunLog:
         return wall, wall - sum(self.timers.seconds[p] for p in NOT_TRAINING)
 
     def step(self, step: int, stage: Stage, loss: float, compute: float = 0.0,
-             wait: float = 0.0, augment: float = 0.0) -> None:
+             wait: float = 0.0, augment: float = 0.0, fetched: tuple[int, int] = (0, 0)
+             ) -> None:
         """Record one step: its loss, and its seconds computing, waiting for data and
-        augmenting on the device (apart from compute)."""
+        augmenting on the device (apart from compute), and the (requests, bytes) its
+        batch's reads fetched from a remote store (the batch's ``fetched``)."""
         self._steps[1].writerow([step, stage.index, repr(loss)])
         self._stage_stats(stage, compute, wait, augment)
+        if fetched[0]:
+            st = self.stages[stage.index]
+            st["remote_requests"] = st.get("remote_requests", 0) + int(fetched[0])
+            st["remote_bytes"] = st.get("remote_bytes", 0) + int(fetched[1])
         self.timers.add("augment", augment)
         desc = (f"stage {stage.index + 1}/{len(self.cur.stages)} "
                 f"{'×'.join(map(str, stage.patch))} b={stage.batch}")
@@ -202,10 +210,14 @@ class RunLog:
                 self.tb.add_scalar(f"val/pseudo_dice_{k}", d, step)
             self.tb.add_scalar("train/lr", lr, step)
         if not self.quiet:
+            st = self.stages.get(stage.index, {})
+            fetched = (f"  fetched {st['remote_bytes'] / 2**20:.1f} MiB in "
+                       f"{st['remote_requests']} requests this stage"
+                       if st.get("remote_requests") else "")
             self.progress.console.print(
                 f"step {step + 1:>6}  stage {stage.index}  patch {row['patch']:>11}  "
                 f"b {stage.batch:>3}  loss {loss:.4f}  pseudo-Dice {row['pseudo_dice']}  "
-                f"lr {row['lr']}  compute {t_compute:.1f}s  wait {t_wait:.1f}s"
+                f"lr {row['lr']}  compute {t_compute:.1f}s  wait {t_wait:.1f}s{fetched}"
             )
 
     def enter(self, stage: Stage) -> None:

@@ -328,7 +328,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals,  #
             loss_value = float(loss.detach())  # synchronises CUDA: the step's compute ends here
             t_end = time.perf_counter()
             runlog.step(step, stage, loss_value, compute=t_end - t_got - augment, wait=wait,
-                        augment=augment)
+                        augment=augment, fetched=batch.get("fetched", (0, 0)))
             t_compute += t_end - t_got - augment
             done = step + 1
 

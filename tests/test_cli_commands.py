@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 COMMANDS = {"pgps-synth", "pgps-convert", "pgps-inspect", "pgps-schedule", "pgps-train",
-            "pgps-predict", "pgps-evaluate", "pgps-compare"}  # DESIGN.md "Conventions"
+            "pgps-predict", "pgps-evaluate", "pgps-compare",  # DESIGN.md "Conventions"
+            "pgps-upload"}  # issue 11: a finished store to object storage
 
 
 def test_the_scripts_are_the_designed_commands() -> None:

@@ -88,6 +88,8 @@ class StageBatcher(BaseNode[dict]):
             "forced_class": torch.from_numpy(picked),
             "origins": torch.from_numpy(origins),
             "slot_offset": req0.offset,  # global slot of row 0 (a data-parallel rank's share)
+            # (requests, bytes) the step's reads fetched from a remote store; (0, 0) locally
+            "fetched": (sum(p.fetched[0] for p in parts), sum(p.fetched[1] for p in parts)),
         }
         if any(req0.margin):
             batch["read_size"] = tuple(shape)

@@ -9,7 +9,7 @@ its pipe until the pipe ends or the loader terminates it:
 
     main -> worker   (store path, label pad), then
                      (bundle id, [(sequence number, ring offset, CropRequest), ...])
-    worker -> main   ("ok", bundle id, [(origins, picked), ...])
+    worker -> main   ("ok", bundle id, [(origins, picked, (requests, bytes)), ...])
                      ("error", bundle id, one line, sequence number, type name, reason)
 
 It dies with its parent: Linux kills it when the parent dies (``PR_SET_PDEATHSIG``), a
@@ -34,6 +34,7 @@ import numpy as np
 from pgps_data.labels import Labels
 from pgps_data.loader.ring import IDLE, RingView, request_layout
 from pgps_data.loader.sampling import CropRequest, plan_origins
+from pgps_data.store.remote import counts as remote_counts
 from pgps_data.store.store import Store, open_store
 
 
@@ -48,11 +49,13 @@ class CropReader:
         self.ignore = store.ignore_label is not None
 
     def read(self, request: CropRequest, ring: Any, offset: int
-             ) -> tuple[list[tuple[int, int, int]], list[int]]:
+             ) -> tuple[list[tuple[int, int, int]], list[int], tuple[int, int]]:
         """Read ``request``'s crops into ``ring`` at ``offset``: images float32
         (n, C, *shape), then labels uint8 (n, *shape) with ``shape`` its read shape.
         Returns the crop origins (of the request's box: the initial box with
-        augmentation) and the class index picked per crop (-1: not forced)."""
+        augmentation), the class index picked per crop (-1: not forced) and the
+        (requests, bytes) this read fetched from a remote store ((0, 0) for a local one)."""
+        before = remote_counts()
         case = self.store[request.case_id]
         # The locations per class are kept with the case, so the store's case cache is the
         # only cache of cases (store.CASE_CACHE).
@@ -68,7 +71,8 @@ class CropReader:
         starts = [tuple(o + d for o, d in zip(org, offset3)) for org in origins]
         case.read_many(starts, shape, out_image=out_image, out_label=out_label,
                        label_pad=self.label_pad)
-        return origins, picked
+        after = remote_counts()
+        return origins, picked, (after[0] - before[0], after[1] - before[1])
 
 
 def failure_line(request: CropRequest, exc: BaseException) -> str:

@@ -73,6 +73,7 @@ class Crops:
     offset: int
     origins: list[tuple[int, int, int]]
     picked: list[int]
+    fetched: tuple[int, int] = (0, 0)  # (requests, bytes) read from a remote store
 
 
 def ring_bytes(step_bytes: int, workers: int) -> int:
@@ -244,10 +245,10 @@ class CropWorkers(BaseNode[Crops]):
         if offset is None:
             raise RuntimeError("the loader's ring cannot hold the next request")
         self._pending = None
-        origins, picked = self._reader.read(request, self._ring, offset)  # type: ignore[union-attr]
+        origins, picked, fetched = self._reader.read(request, self._ring, offset)  # type: ignore[union-attr]
         self._seq += 1
         self._out += 1
-        return Crops(request, offset, origins, picked)
+        return Crops(request, offset, origins, picked, fetched)
 
     def _dispatch(self) -> None:
         """Hand bundles to workers holding fewer than ``DEPTH``, while the ring has room."""
@@ -309,8 +310,8 @@ class CropWorkers(BaseNode[Crops]):
                                          reason=message[5]))
         bundle = self._held[w].popleft()
         assert bundle[0][0] == bundle_id, "a worker answered out of order"
-        for (seq, offset, request), (origins, picked) in zip(bundle, payload):
-            self._done[seq] = Crops(request, offset, origins, picked)
+        for (seq, offset, request), (origins, picked, fetched) in zip(bundle, payload):
+            self._done[seq] = Crops(request, offset, origins, picked, fetched)
 
     def _died(self, w: int) -> LoaderWorkerError:
         proc = self._procs[w]

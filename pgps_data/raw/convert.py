@@ -39,6 +39,7 @@ from pgps_data.raw.preprocess import (
 )
 from pgps_data.store.chunking import check_codec, layout_attrs
 from pgps_data.store.lock import store_lock
+from pgps_data.store.remote import is_url, local_path
 from pgps_data.store.write import (
     RESUME,
     case_is_complete,
@@ -70,7 +71,13 @@ def convert(
     """
     # OUT absolute: dask.distributed workers resolve a relative path against their own
     # working folder, which is not where the client checked and locked the store.
-    raw_dir, out = Path(raw_dir).resolve(), Path(out).absolute()
+    if is_url(str(out)) and not str(out).startswith("file://"):
+        raise PGPSInputError(
+            f"{out}: stores are written on a local (POSIX) path: convert to one, then "
+            "pgps-upload it to the URL")
+    if is_url(str(raw_dir)) and not str(raw_dir).startswith("file://"):
+        raise PGPSInputError(f"{raw_dir}: the raw dataset must be a local folder")
+    raw_dir, out = local_path(raw_dir).resolve(), local_path(out).absolute()  # type: ignore[union-attr]
     check_codec(codec)
     real_out = out.resolve()
     if real_out == raw_dir or real_out in raw_dir.parents:  # the raw data given twice

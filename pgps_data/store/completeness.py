@@ -18,9 +18,13 @@ from typing import Any
 
 import zarr
 
-__all__ = ["COMPLETE", "is_complete", "missing_arrays", "scan_cases"]
+__all__ = ["CASE_INDEX", "COMPLETE", "case_index", "indexed_cases", "is_complete",
+           "missing_arrays", "scan_cases"]
 
 COMPLETE = "complete"  # the attribute written last, on a case and on the store root
+#: Root attribute written with ``complete``: {group: {case id: its attributes}} of the
+#: complete cases, so a store opens where it cannot be listed (plain HTTP, object storage).
+CASE_INDEX = "case_index"
 
 
 def is_complete(attrs: Mapping[str, Any]) -> bool:
@@ -33,7 +37,7 @@ def is_complete(attrs: Mapping[str, Any]) -> bool:
 
 
 def scan_cases(
-    path: Path, root: zarr.Group, group: str, *, labelled: bool
+    path: Path | None, root: zarr.Group | None, group: str, *, labelled: bool
 ) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
     """The complete cases of ``group`` ({id: attrs}) and those marked complete with an
     array missing ({id: (group, "its array 'label' is missing")}).
@@ -45,13 +49,15 @@ def scan_cases(
     """
     done: dict[str, dict] = {}
     broken: dict[str, tuple[str, str]] = {}
-    folder = path / group
-    if folder.is_dir():
+    folder = None if path is None else path / group
+    if folder is not None and folder.is_dir():
         for name in os.listdir(folder):
             attrs = _case_attrs(folder / name)
             if attrs is not None and is_complete(attrs):
                 gone = _gone(folder / name, attrs, labelled)
                 _sort(name, attrs, gone, group, done, broken)
+        return done, broken
+    if root is None:
         return done, broken
     try:
         sub = root[group]
@@ -64,6 +70,22 @@ def scan_cases(
             gone = [a for a in _arrays(attrs, labelled) if a not in present]
             _sort(name, attrs, gone, group, done, broken)
     return done, broken
+
+
+def case_index(path: Path, groups: dict[str, bool]) -> dict[str, dict[str, dict]]:
+    """The case index of the local store at ``path`` ({group: {id: attrs}}) for the
+    ``groups`` given as {name: labelled}: its complete cases, listed as a reader lists them."""
+    return {g: scan_cases(path, None, g, labelled=labelled)[0] for g, labelled in groups.items()}
+
+
+def indexed_cases(attrs: Mapping[str, Any], group: str) -> dict[str, dict] | None:
+    """The complete cases of ``group`` from a root's case index; None if it has none (a
+    store written before the index, or one whose conversion did not finish)."""
+    index = attrs.get(CASE_INDEX)
+    if not isinstance(index, dict):
+        return None
+    cases = index.get(group, {})
+    return {str(k): dict(v) for k, v in cases.items() if isinstance(v, dict)}
 
 
 def missing_arrays(case_dir: Path, labelled: bool) -> list[str] | None:

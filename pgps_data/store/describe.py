@@ -64,7 +64,7 @@ def describe(store: Store) -> dict[str, Any]:
         "compressor": layout.get("compressor"),
         "foreground_fraction": meta.get("foreground_fraction", {}),
         "intensity_statistics": meta.get("intensity_statistics"),
-        "size_on_disk_bytes": _disk_usage(store.path),
+        "size_on_disk_bytes": None if store.remote else _disk_usage(store.path),
         "cases": cases,
     }
 
@@ -142,7 +142,9 @@ def _disk_usage(path: Path) -> int:
     return total
 
 
-def _human(n: float) -> str:
+def _human(n: float | None) -> str:
+    if n is None:
+        return "- (remote)"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
             return f"{n:.1f} {unit}"

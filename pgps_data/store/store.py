@@ -32,8 +32,9 @@ import zarr
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.chunk_crc import read_checked
-from pgps_data.store.completeness import is_complete, scan_cases
+from pgps_data.store.completeness import CASE_INDEX, indexed_cases, is_complete, scan_cases
 from pgps_data.store.fastread import FastArray, read_box_zarr
+from pgps_data.store.remote import local_path, open_remote, reader_for
 
 FORMAT_VERSION = 1
 CASE_CACHE = 64  # opened cases kept per process (metadata, readers, foreground indices);
@@ -43,8 +44,18 @@ TEST_GROUP = "test"
 
 
 def open_store(path: str | os.PathLike) -> Store:
-    """Open a pgps store read-only; one clear error line if it is missing or not a store."""
-    path = Path(path)
+    """Open a pgps store read-only; one clear error line if it is missing or not a store.
+
+    ``path`` is a local path, or an fsspec URL (``s3://``, ``gs://``, ``http(s)://``;
+    ``file://`` is a local path) of a store uploaded with ``pgps-upload``
+    (:mod:`pgps_data.store.remote`).
+    """
+    local = local_path(path)
+    if local is None:
+        url = str(path).rstrip("/")
+        root = open_remote(url)
+        return Store(url, root, _checked_attrs(url, dict(root.attrs)))
+    path = local
     if not path.exists():
         raise PGPSInputError(f"{path}: no such store (run pgps-convert RAW_DIR {path} first)")
     try:
@@ -54,6 +65,11 @@ def open_store(path: str | os.PathLike) -> Store:
         raise PGPSInputError(
             f"{path}: not a readable zarr v3 store ({type(exc).__name__}: {exc})"
         ) from None
+    return Store(path, root, _checked_attrs(path, attrs))
+
+
+def _checked_attrs(path: object, attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` if they are a pgps root's this pgps can read, else one line."""
     if attrs.get("format") != "pgps" or "format_version" not in attrs:
         raise PGPSInputError(f"{path}: a zarr group but not a pgps store (made by pgps-convert?)")
     if attrs["format_version"] > FORMAT_VERSION:
@@ -61,7 +77,7 @@ def open_store(path: str | os.PathLike) -> Store:
             f"{path}: store format {attrs['format_version']} is newer than this pgps "
             f"({FORMAT_VERSION}); upgrade pgps"
         )
-    return Store(path, root, attrs)
+    return attrs
 
 
 class NoSuchCase(PGPSInputError, KeyError):
@@ -79,17 +95,26 @@ class Store:
     which store (and case contents) a training run was started on.
     """
 
-    def __init__(self, path: Path, root: zarr.Group, attrs: dict[str, Any]):
-        self.path = path
+    def __init__(self, path: Path | str, root: zarr.Group, attrs: dict[str, Any]):
+        self.path = path  # a Path, or the URL (a str) of a remote store
         self.root = root
-        self.meta: dict[str, Any] = attrs
-        train, self._broken = scan_cases(path, root, TRAIN_GROUP, labelled=True)
-        test, broken_test = scan_cases(path, root, TEST_GROUP, labelled=False)
-        self._broken.update(broken_test)
+        self.meta: dict[str, Any] = {k: v for k, v in attrs.items() if k != CASE_INDEX}
+        if self.remote:
+            train, test = _remote_cases(path, root, attrs)  # type: ignore[arg-type]
+            self._broken: dict[str, tuple[str, str]] = {}
+        else:
+            train, self._broken = scan_cases(path, root, TRAIN_GROUP, labelled=True)  # type: ignore[arg-type]
+            test, broken_test = scan_cases(path, root, TEST_GROUP, labelled=False)  # type: ignore[arg-type]
+            self._broken.update(broken_test)
         self._attrs = {**train, **test}  # each listed case's attributes, read while listing
         self.case_ids: list[str] = sorted(train)
         self.test_ids: list[str] = sorted(test)
         self._cases: OrderedDict[str, Case] = OrderedDict()  # LRU: memory stays flat
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store is read over the network (its :attr:`path` is a URL)."""
+        return isinstance(self.path, str)
 
     @property
     def missing_cases(self) -> list[str]:
@@ -300,7 +325,7 @@ class Case:
         fast = getattr(self, attr)
         if fast is False:
             arr = self.image if which == "image" else self.label
-            fast = FastArray.open(arr) if os.environ.get("PGPS_NO_FAST_READ") != "1" else None
+            fast = reader_for(arr)
             setattr(self, attr, fast)
         return fast  # type: ignore[return-value]
 
@@ -352,6 +377,26 @@ class Case:
 
     def __repr__(self) -> str:
         return f"Case({self.id!r}, channels={self.channels}, shape={self.shape})"
+
+
+def _remote_cases(url: str, root: zarr.Group, attrs: dict[str, Any]
+                  ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """A remote store's (training, test) cases: from its case index, else by listing
+    (object storage can list; plain HTTP cannot: then one line)."""
+    train = indexed_cases(attrs, TRAIN_GROUP) if is_complete(attrs) else None
+    if train is not None:
+        return train, indexed_cases(attrs, TEST_GROUP) or {}
+    try:
+        train, _ = scan_cases(None, root, TRAIN_GROUP, labelled=True)
+        test, _ = scan_cases(None, root, TEST_GROUP, labelled=False)
+    except PGPSInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a store that cannot be listed)
+        raise PGPSInputError(
+            f"the store has no case index and cannot be listed ({type(exc).__name__}); "
+            "rerun pgps-convert on the local copy (it writes the index) and pgps-upload "
+            "it again", path=url) from None
+    return train, test
 
 
 def _into(arr: np.ndarray, out: np.ndarray | None, dtype: Any) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ import zarr
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.chunk_crc import zarr_chunk_error
-from pgps_data.store.fastread import FastArray
+from pgps_data.store.remote import reader_for
 from pgps_data.store.store import Store
 from pgps_data.store.write import content_checksum
 
@@ -147,7 +146,7 @@ def _names(store: Store, cid: str) -> list[str]:
 
 def _scan(arr: zarr.Array) -> tuple[int, list[str], bool]:
     """(stored chunks read, error lines, whether the array carries a crc32c)."""
-    fast = None if os.environ.get("PGPS_NO_FAST_READ") == "1" else FastArray.open(arr)
+    fast = reader_for(arr)
     if fast is not None:
         n, lines = 0, []
         for _, err in fast.scan():

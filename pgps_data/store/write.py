@@ -41,7 +41,7 @@ from pgps_data.errors import PGPSInputError
 from pgps_data.store.atomic_write import write_atomic
 from pgps_data.store.case_ids import check_case_id as case_id_problem
 from pgps_data.store.chunking import LAYOUTS, write_array
-from pgps_data.store.completeness import COMPLETE, missing_arrays
+from pgps_data.store.completeness import CASE_INDEX, COMPLETE, case_index, missing_arrays
 from pgps_data.store.lock import LOCK_NAME, case_lock, is_case_lock
 from pgps_data.store.store import FORMAT_VERSION, TEST_GROUP, TRAIN_GROUP
 
@@ -153,11 +153,15 @@ def _pgps_attrs(doc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def finish_store(path: Path, summary: dict[str, Any]) -> None:
-    """Record dataset-level results (e.g. per-class foreground fraction) in the root."""
+    """Record dataset-level results (e.g. per-class foreground fraction) in the root, with
+    the case index (the complete cases and their attributes, for readers that cannot list
+    the store: :mod:`pgps_data.store.remote`) and ``complete``, in one atomic write."""
     doc = _read_json(path / "zarr.json")
     if doc is None:
         raise PGPSInputError(f"{path}: the store root vanished during the conversion; rerun")
-    doc["attributes"] = {**doc.get("attributes", {}), **summary, COMPLETE: True}
+    index = case_index(path, {TRAIN_GROUP: True, TEST_GROUP: False})
+    doc["attributes"] = {**doc.get("attributes", {}), **summary, CASE_INDEX: index,
+                         COMPLETE: True}
     _write_json_atomic(path / "zarr.json", doc, store=path, what="the store root")
 
 
