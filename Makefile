@@ -36,6 +36,7 @@ bench: $(STAMP) nnunet-venv
 	$(PY) tools/bench_convert.py
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_augment.py
+	$(PY) tools/bench_remote.py
 
 # The lesion benchmark (about 40 + 30 minutes on 2 CPU cores, measured 2026-12-02):
 # constant, efficiency and performance x 3 seeds with augmentation, at equal iterations,

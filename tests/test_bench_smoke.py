@@ -61,3 +61,15 @@ def test_bench_loader_quick(tmp_path: Path) -> None:
     assert len(out["memory"]) == 2
     for row in out["memory"]:
         assert row["cases"] > 0 and isinstance(row["uss_growth_mb"], float), row
+
+
+def test_bench_remote_quick(tmp_path: Path) -> None:
+    out = _run("bench_remote.py", "--work", str(tmp_path), timeout=110)
+    rows = out["rows"]
+    assert out["servers"] == ["http"]  # --quick: loopback only, no latency runs
+    assert {r["mode"] for r in rows} == {"efficiency", "performance"} and len(rows) == 6
+    for row in rows:
+        for key in ("local", "http", "r_http"):
+            assert _positive(row[key]), (key, row)
+    # the tiny store fits the chunk cache: after warm-up hardly a request per batch
+    assert min(r["req_http"] for r in rows) < 1

@@ -29,7 +29,7 @@ from pgps_data.store import remote
 from pgps_data.store.completeness import CASE_INDEX
 from pgps_data.store.upload import MARKER, upload
 from tests.loader_store import build_store
-from tests.range_server import RangeServer
+from tools.range_server import RangeServer
 
 KEYS = ("image", "label", "forced_fg", "forced_class", "origins")
 

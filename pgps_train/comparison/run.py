@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pgps_data.errors import PGPSInputError
+from pgps_data.store.remote import local_path
 from pgps_train.checkpoint import LATEST
 from pgps_train.comparison import statistics
 from pgps_train.comparison.budget import plan_length
@@ -287,8 +288,9 @@ def check_out(out: Path) -> None:
 
 def compare(plan: ComparePlan, *, log: Callable[..., None] = print) -> dict[str, Path]:
     """Train what is missing, collect, test the claims, write the report; its paths."""
-    out, store = Path(plan.out).resolve(), Path(plan.store).resolve()
-    if out == store or store in out.parents:
+    out, local = Path(plan.out).resolve(), local_path(plan.store)  # None: a remote store
+    store = None if local is None else local.resolve()
+    if store is not None and (out == store or store in out.parents):
         raise PGPSInputError(f"{plan.out}: is inside the store {plan.store}; choose an --out "
                              "outside it (nothing was written)")
     if plan.budget not in BUDGETS:

@@ -1,10 +1,11 @@
-"""A read-only HTTP server on 127.0.0.1 for tests: a folder's files with Range requests.
+"""A read-only HTTP server on 127.0.0.1 for tests and bench_remote: files with Range requests.
 
 Python's ``http.server`` ignores ``Range`` (it sends whole files), so tests of remote
 stores serve them through this one: ``bytes=a-b``, ``bytes=a-`` and ``bytes=-n`` answer
 206 with those bytes, a missing file 404, a folder 404 (no listings: like a bucket behind
 a CDN, the store must open without listing). ``mode`` "ignore-range" answers every GET
-with the whole file (200), "stall" accepts connections and never answers.
+with the whole file (200), "stall" accepts connections and never answers; ``delay``
+seconds are slept before each answer (a network's latency, for benchmarks).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 class RangeServer:
     """``with RangeServer(folder) as url:`` serves ``folder`` at ``url`` (no trailing /)."""
 
-    def __init__(self, folder: Path, mode: str = "normal"):
+    def __init__(self, folder: Path, mode: str = "normal", delay: float = 0.0):
         self.folder = Path(folder).resolve()
         self.mode = mode
+        self.delay = float(delay)
         self.requests = 0
         self._stop = threading.Event()
         server = self
@@ -44,6 +46,8 @@ class RangeServer:
                 if server.mode == "stall":
                     server._stop.wait(60)
                     return
+                if server.delay:
+                    server._stop.wait(server.delay)
                 path = (server.folder / self.path.split("?")[0].lstrip("/")).resolve()
                 if server.folder not in path.parents or not path.is_file():
                     self.send_response(404)
