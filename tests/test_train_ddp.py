@@ -155,8 +155,9 @@ def test_sigterm_to_one_rank_stops_both_on_one_step_and_resumes_exactly(
     assert _max_diff(_weights(out), _weights(two_ranks)) == 0.0
 
 
-def test_kill9_of_a_rank_is_one_line_and_the_run_resumes_on_one_process(
-        two_ranks: Path, tiny_store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("resume_on", [1, 2])
+def test_kill9_of_a_rank_is_one_line_and_the_run_resumes_on_one_or_two_processes(
+        two_ranks: Path, tiny_store: Path, tmp_path: Path, resume_on: int) -> None:
     out = tmp_path / "run"
     procs = _ranks(tiny_store, out)
     _wait_for_checkpoint(out, 4, procs)
@@ -170,7 +171,9 @@ def test_kill9_of_a_rank_is_one_line_and_the_run_resumes_on_one_process(
     assert len(lines) == 1 and "another rank died or did not answer" in lines[0], err[-2000:]
     saved = int(torch.load(out / LATEST, weights_only=True)["step"])
     assert f"checkpoint at step {saved}" in lines[0]
-    resumed = _one(tiny_store, out, "--resume")  # the draws do not depend on the world size
+    # the draws do not depend on the world size
+    resumed = (_one(tiny_store, out, "--resume") if resume_on == 1
+               else _torchrun(tiny_store, out, 2, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(_losses(out)) == 20
     assert _losses(out)[:saved] == _losses(two_ranks)[:saved]

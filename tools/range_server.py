@@ -31,6 +31,7 @@ class RangeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40-ms stalls
 
             def log_message(self, *args: object) -> None:  # quiet
                 pass
@@ -54,26 +55,33 @@ class RangeServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                data = path.read_bytes()
-                status, start, end = 200, 0, len(data)
+                size = path.stat().st_size
+                status, start, end = 200, 0, size
                 match = _RANGE.match(self.headers.get("Range", ""))
                 if match and server.mode != "ignore-range":
                     a, b = match.groups()
                     if a == "":
-                        start = max(len(data) - int(b), 0)
+                        start = max(size - int(b), 0)
                     else:
-                        start, end = int(a), (len(data) if b == "" else min(int(b) + 1, len(data)))
+                        start, end = int(a), (size if b == "" else min(int(b) + 1, size))
                     status = 206
                 self.send_response(status)
                 self.send_header("Content-Length", str(end - start))
                 self.send_header("Accept-Ranges", "bytes")
                 if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
                 self.end_headers()
                 if body:
-                    self.wfile.write(data[start:end])
+                    with open(path, "rb") as fh:  # only the range: shards are megabytes
+                        fh.seek(start)
+                        self.wfile.write(fh.read(end - start))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # a loader opens many connections at once
+            def handle_error(self, request, client_address):  # noqa: ANN001
+                """A client that hung up (a loader closing) is not worth a traceback."""
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

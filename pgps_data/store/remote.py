@@ -10,7 +10,9 @@ in place of the path (``file://`` URLs are local paths). Writing stays on POSIX 
   writer), so plain HTTP, which cannot list, serves a store too.
 - **Crops** are read by :class:`RemoteArray`, the fast reader with range requests in
   place of a mapped file: each shard's index is fetched once per case opened (a suffix
-  range), each inner chunk the crops touch by one range request, verified against its
+  range), each inner chunk the crops touch by one range request (all of a read's
+  missing chunks at once, concurrently: one round trip of latency per read, not one per
+  chunk; at most ``IN_FLIGHT`` = 16 requests at a time per process), verified against its
   crc32c and decoded into a per-process LRU of decoded chunks bounded in bytes
   (``PGPS_REMOTE_CACHE_MB``, default 256 per process, so per loader worker), so the many
   small crops of a stage do not refetch. A server that ignores ``Range`` is one line.
@@ -31,6 +33,7 @@ Needs ``pip install 'pgps[remote]'`` (fsspec's aiohttp for HTTP, s3fs for S3; gc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import re
@@ -54,6 +57,7 @@ __all__ = ["COUNTS", "RemoteArray", "RemoteStore", "counts", "is_url", "local_pa
 
 #: Per process: requests sent, bytes received, retries, chunk reads served from the cache.
 COUNTS: dict[str, int] = {"requests": 0, "bytes": 0, "retries": 0, "cache_hits": 0}
+IN_FLIGHT = 16  # concurrent requests per process at most (each worker is a process)
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _NEEDS = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
@@ -130,18 +134,35 @@ class RemoteStore(FsspecStore):
     def fetch(self, key: str, start: int | None, length: int) -> bytes | None:
         """``length`` bytes of ``key`` from ``start`` (None: its last ``length`` bytes), or
         None when the object does not exist. Fewer or more bytes than asked is one line."""
-        request = (SuffixByteRequest(length) if start is None
-                   else RangeByteRequest(start, start + length))
-        buf = sync(self.get(key, default_buffer_prototype(), request))
-        if buf is None:
-            return None
-        data = buf.to_bytes()
-        if len(data) != length:
-            raise PGPSInputError(
-                f"asked for {length} bytes, got {len(data)} (does the server honour HTTP "
-                "Range requests? a plain `python -m http.server` does not)",
-                path=f"{self.url}/{key}")
-        return data
+        return self.fetch_many([(key, start, length)])[0]
+
+    def fetch_many(self, items: list[tuple[str, int | None, int | None]]) -> list[bytes | None]:
+        """Several :meth:`fetch` es at once, concurrently (one round trip of latency, not
+        one per item); ``length`` None fetches the whole object."""
+        async def one(key: str, start: int | None, length: int | None) -> bytes | None:
+            request = (None if length is None else SuffixByteRequest(length) if start is None
+                       else RangeByteRequest(start, start + length))
+            buf = await self.get(key, default_buffer_prototype(), request)
+            if buf is None:
+                return None
+            data = buf.to_bytes()
+            if length is not None and len(data) != length:
+                raise PGPSInputError(
+                    f"asked for {length} bytes, got {len(data)} (does the server honour "
+                    "HTTP Range requests? a plain `python -m http.server` does not)",
+                    path=f"{self.url}/{key}")
+            return data
+
+        async def all_of() -> list[bytes | None]:
+            gate = asyncio.Semaphore(IN_FLIGHT)  # a big crop touches hundreds of chunks
+
+            async def gated(item: tuple[str, int | None, int | None]) -> bytes | None:
+                async with gate:
+                    return await one(*item)
+
+            return list(await asyncio.gather(*(gated(item) for item in items)))
+
+        return sync(all_of())
 
 
 def open_remote(url: str) -> zarr.Group:
@@ -203,6 +224,9 @@ class ChunkCache:
         self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.nbytes = 0
 
+    def holds(self, key: tuple) -> bool:
+        return key in self._items
+
     def get(self, key: tuple) -> np.ndarray | None:
         chunk = self._items.get(key)
         if chunk is not None:
@@ -244,6 +268,44 @@ class RemoteArray(FastArray):
         meta = parse_meta(arr.metadata.to_dict())
         return None if meta is None else cls(arr.store, arr.path, meta, verify)
 
+    def _read_boxes(self, origins: np.ndarray, shape: tuple, out: np.ndarray, pad) -> None:  # noqa: ANN001
+        """Fetch every chunk the boxes touch that is not cached, concurrently, then read."""
+        self._prefetch(self._touched(origins, shape))
+        super()._read_boxes(origins, shape, out, pad)
+
+    def _touched(self, origins: np.ndarray, shape: tuple) -> set[tuple[int, ...]]:
+        lead = self.ndim - len(shape)
+        box = (*self.shape[:lead], *shape)
+        keys: set[tuple[int, ...]] = set()
+        for org in origins.tolist():
+            org = [0] * lead + org
+            lo = [max(o, 0) for o in org]
+            hi = [min(o + s, n) for o, s, n in zip(org, box, self.shape)]
+            if all(h > l_ for l_, h in zip(lo, hi)):
+                keys.update(itertools.product(*(range(l_ // c, (h - 1) // c + 1)
+                                                for l_, h, c in zip(lo, hi, self.chunks))))
+        return keys
+
+    def _prefetch(self, keys: set[tuple[int, ...]]) -> None:
+        """Shard indexes, then chunks, each group in one concurrent batch of requests; only
+        when the cache can hold them all (else the reads fetch one by one)."""
+        want = sorted(k for k in keys if not CACHE.holds((self.where, k)))
+        if len(want) < 2 or len(want) * self._chunk_nbytes > settings()[2]:
+            return
+        if self.shard is not None:
+            shards = sorted({tuple(i // p for i, p in zip(k, self._per_shard)) for k in want}
+                            - set(self._indices))
+            raws = self.store.fetch_many([self._index_request(sk) for sk in shards])
+            for sk, raw in zip(shards, raws):
+                self._indices[sk] = None if raw is None else self._parse_index(sk, raw)
+        located = [(k, loc) for k in want if (loc := self._locate(k)) is not None]
+        datas = self.store.fetch_many([(key, off, None if off is None else n)
+                                       for _, (key, off, n) in located])
+        check = self.checksum and self.verify != "off"
+        for (k, _), data in zip(located, datas):
+            if data is not None:
+                CACHE.put((self.where, k), self._decoded(k, data, check))
+
     def _chunk(self, k: tuple[int, ...], verify: str | None = None) -> np.ndarray | None:
         cached = CACHE.get((self.where, k)) if verify is None else None
         if cached is not None:
@@ -253,12 +315,18 @@ class RemoteArray(FastArray):
         if loc is None:
             return None
         key, offset, nbytes = loc
-        data = self.store.fetch(key, offset, nbytes) if offset is not None else self._whole(key)
+        data = self.store.fetch_many([(key, offset, None if offset is None else nbytes)])[0]
         if data is None:
             return None
         STATS["chunks"] += 1
-        check = self.checksum and (verify or self.verify) != "off"
-        self._scratch = np.empty(self.chunks, self._stored)  # the cache keeps each chunk
+        chunk = self._decoded(k, data, self.checksum and (verify or self.verify) != "off")
+        CACHE.put((self.where, k), chunk)
+        return chunk
+
+    def _decoded(self, k: tuple[int, ...], data: bytes, check: bool) -> np.ndarray:
+        """Chunk ``k`` decoded from its stored bytes into a new array (the cache keeps it);
+        a bad checksum or undecodable bytes is one line naming the chunk."""
+        self._scratch = np.empty(self.chunks, self._stored)
         try:
             if self._decoders:
                 self._decode(np.frombuffer(data, np.uint8), check)
@@ -271,12 +339,7 @@ class RemoteArray(FastArray):
         except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs on damaged bytes
             raise self._bad(k, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
         STATS["bytes_decoded"] += self._chunk_nbytes
-        CACHE.put((self.where, k), self._scratch)
         return self._scratch
-
-    def _whole(self, key: str) -> bytes | None:
-        buf = sync(self.store.get(key, default_buffer_prototype()))
-        return None if buf is None else buf.to_bytes()
 
     def _locate(self, k: tuple[int, ...]) -> tuple[str, int | None, int] | None:
         if self.shard is None:  # an unsharded chunk: one object, fetched whole
@@ -287,12 +350,15 @@ class RemoteArray(FastArray):
         """A missing object reads as fill (the array's zarr.json was read when opened)."""
 
     def _read_index(self, sk: tuple[int, ...]) -> list[tuple[int, int]] | None:
+        raw = self.store.fetch(*self._index_request(sk))  # type: ignore[arg-type]
+        return None if raw is None else self._parse_index(sk, raw)
+
+    def _index_request(self, sk: tuple[int, ...]) -> tuple[str, int | None, int]:
+        size = 16 * math.prod(self._per_shard) + (4 if self._index_crc else 0)
+        return f"{self.root}/{self._key(sk)}", 0 if self._index_start else None, size
+
+    def _parse_index(self, sk: tuple[int, ...], raw: bytes) -> list[tuple[int, int]]:
         n = math.prod(self._per_shard)
-        size = 16 * n + (4 if self._index_crc else 0)
-        raw = self.store.fetch(f"{self.root}/{self._key(sk)}", 0 if self._index_start else None,
-                               size)
-        if raw is None:
-            return None
         buf = np.frombuffer(raw, np.uint8)
         if self._index_crc and not crc_matches(buf):
             raise corrupt_chunk(self.where, sk, self.shape, self.shard,
