@@ -113,7 +113,8 @@ def test_the_gradient_is_the_single_process_gradient_of_the_global_batch(tmp_pat
     subprocess.run([sys.executable, "-m", "tests.ddp_steps", "0", "1", "0",
                     str(tmp_path / "one.pt")], env=_env(), check=True, timeout=120)
     assert [p.wait(timeout=120) for p in ranks] == [0, 0]
-    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-6)
     assert _max_diff(two["model"], one["model"]) < 1e-6
     assert two["losses"][0] != pytest.approx(two["losses"][-1], rel=1e-3)  # it did train

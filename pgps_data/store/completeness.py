@@ -18,8 +18,10 @@ from typing import Any
 
 import zarr
 
+from pgps_data.errors import PGPSInputError
+
 __all__ = ["CASE_INDEX", "COMPLETE", "case_index", "indexed_cases", "is_complete",
-           "missing_arrays", "scan_cases"]
+           "missing_arrays", "remote_cases", "scan_cases"]
 
 COMPLETE = "complete"  # the attribute written last, on a case and on the store root
 #: Root attribute written with ``complete``: {group: {case id: its attributes}} of the
@@ -86,6 +88,27 @@ def indexed_cases(attrs: Mapping[str, Any], group: str) -> dict[str, dict] | Non
         return None
     cases = index.get(group, {})
     return {str(k): dict(v) for k, v in cases.items() if isinstance(v, dict)}
+
+
+def remote_cases(url: str, root: zarr.Group, attrs: Mapping[str, Any], train_group: str,
+                 test_group: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """A remote store's (training, test) complete cases: from its case index, else by
+    listing (object storage can list; plain HTTP cannot: then one line). Arrays are not
+    checked: the index lists what the writer completed."""
+    train = indexed_cases(attrs, train_group) if is_complete(attrs) else None
+    if train is not None:
+        return train, indexed_cases(attrs, test_group) or {}
+    try:
+        train, _ = scan_cases(None, root, train_group, labelled=True)
+        test, _ = scan_cases(None, root, test_group, labelled=False)
+    except PGPSInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a store that cannot be listed)
+        raise PGPSInputError(
+            f"the store has no case index and cannot be listed ({type(exc).__name__}); "
+            "rerun pgps-convert on the local copy (it writes the index) and pgps-upload "
+            "it again", path=url) from None
+    return train, test
 
 
 def missing_arrays(case_dir: Path, labelled: bool) -> list[str] | None:

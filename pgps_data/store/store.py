@@ -32,7 +32,7 @@ import zarr
 
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.chunk_crc import read_checked
-from pgps_data.store.completeness import CASE_INDEX, indexed_cases, is_complete, scan_cases
+from pgps_data.store.completeness import CASE_INDEX, is_complete, remote_cases, scan_cases
 from pgps_data.store.fastread import FastArray, read_box_zarr
 from pgps_data.store.remote import local_path, open_remote, reader_for
 
@@ -100,7 +100,7 @@ class Store:
         self.root = root
         self.meta: dict[str, Any] = {k: v for k, v in attrs.items() if k != CASE_INDEX}
         if self.remote:
-            train, test = _remote_cases(path, root, attrs)  # type: ignore[arg-type]
+            train, test = remote_cases(path, root, attrs, TRAIN_GROUP, TEST_GROUP)  # type: ignore[arg-type]
             self._broken: dict[str, tuple[str, str]] = {}
         else:
             train, self._broken = scan_cases(path, root, TRAIN_GROUP, labelled=True)  # type: ignore[arg-type]
@@ -377,26 +377,6 @@ class Case:
 
     def __repr__(self) -> str:
         return f"Case({self.id!r}, channels={self.channels}, shape={self.shape})"
-
-
-def _remote_cases(url: str, root: zarr.Group, attrs: dict[str, Any]
-                  ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """A remote store's (training, test) cases: from its case index, else by listing
-    (object storage can list; plain HTTP cannot: then one line)."""
-    train = indexed_cases(attrs, TRAIN_GROUP) if is_complete(attrs) else None
-    if train is not None:
-        return train, indexed_cases(attrs, TEST_GROUP) or {}
-    try:
-        train, _ = scan_cases(None, root, TRAIN_GROUP, labelled=True)
-        test, _ = scan_cases(None, root, TEST_GROUP, labelled=False)
-    except PGPSInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (a store that cannot be listed)
-        raise PGPSInputError(
-            f"the store has no case index and cannot be listed ({type(exc).__name__}); "
-            "rerun pgps-convert on the local copy (it writes the index) and pgps-upload "
-            "it again", path=url) from None
-    return train, test
 
 
 def _into(arr: np.ndarray, out: np.ndarray | None, dtype: Any) -> np.ndarray:
