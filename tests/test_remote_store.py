@@ -265,3 +265,38 @@ def test_upload_refuses_a_prefix_holding_other_objects(local, s3) -> None:
         upload(local, f"s3://{bucket}/theirs", log=lambda line: None)
     assert fs.cat_file(f"{bucket}/theirs/data.bin") == b"not ours"
     assert fs.ls(f"{bucket}/theirs") == [f"{bucket}/theirs/data.bin"]
+
+
+def test_an_array_gone_from_the_server_is_one_line_not_zeros(local, tmp_path) -> None:
+    copy = tmp_path / local.name
+    shutil.copytree(local, copy)
+    case_id = open_store(copy).case_ids[0]
+    with RangeServer(tmp_path) as url:
+        case = open_store(f"{url}/{local.name}")[case_id]  # arrays opened, nothing read yet
+        shutil.rmtree(copy / "cases" / case_id / "image")
+        with pytest.raises(PGPSInputError, match="array is missing") as err:
+            case.read((0, 0, 0), (8, 16, 16))
+    assert f"{local.name}/cases/{case_id}/image" in str(err.value)
+
+
+def test_upload_to_a_file_url_makes_its_folders_and_opens_there(local, tmp_path) -> None:
+    url = f"file://{tmp_path}/deep/er/{local.name}"
+    upload(local, url, verify="sizes", log=lambda line: None)
+    assert open_store(url).identity == open_store(local).identity
+    assert not (tmp_path / "deep" / "er" / local.name / MARKER).exists()
+
+
+def test_no_s3_credentials_is_one_line_without_retries(monkeypatch) -> None:
+    import s3fs
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
+                "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    retries = remote.COUNTS["retries"]
+    with pytest.raises(PGPSInputError, match="no credentials"):
+        open_store("s3://no-such-bucket-pgps/x.zarr")
+    assert remote.COUNTS["retries"] == retries

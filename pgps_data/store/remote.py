@@ -121,6 +121,10 @@ class RemoteStore(FsspecStore):
             except (TypeError, AttributeError, NameError):  # a bug, not the network
                 raise
             except Exception as exc:  # noqa: BLE001  (network errors of every client library)
+                if "Credentials" in type(exc).__name__:  # botocore's: retrying cannot help
+                    raise PGPSInputError(
+                        f"no credentials ({_reason(exc)}); set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY (or a profile)", path=f"{self.url}/{key}") from None
                 last = exc
                 continue
             COUNTS["requests"] += 1
@@ -148,8 +152,9 @@ class RemoteStore(FsspecStore):
             data = buf.to_bytes()
             if length is not None and len(data) != length:
                 raise PGPSInputError(
-                    f"asked for {length} bytes, got {len(data)} (does the server honour "
-                    "HTTP Range requests? a plain `python -m http.server` does not)",
+                    f"asked for {length} bytes, got {len(data)} (a truncated object, or a "
+                    "server that does not honour HTTP Range requests, as a plain "
+                    "`python -m http.server`)",
                     path=f"{self.url}/{key}")
             return data
 
@@ -259,6 +264,7 @@ class RemoteArray(FastArray):
         super().__init__(path, meta, verify)  # type: ignore[arg-type]  (root: the array's key)
         self.store = store
         self.where = f"{store.url}/{path}"
+        self._present = False  # its zarr.json seen since a missing object made us ask
 
     @classmethod
     def open(cls, arr: zarr.Array, verify: str | None = None) -> RemoteArray | None:  # type: ignore[override]
@@ -297,6 +303,8 @@ class RemoteArray(FastArray):
                             - set(self._indices))
             raws = self.store.fetch_many([self._index_request(sk) for sk in shards])
             for sk, raw in zip(shards, raws):
+                if raw is None:
+                    self._check_present()
                 self._indices[sk] = None if raw is None else self._parse_index(sk, raw)
         located = [(k, loc) for k in want if (loc := self._locate(k)) is not None]
         datas = self.store.fetch_many([(key, off, None if off is None else n)
@@ -317,6 +325,7 @@ class RemoteArray(FastArray):
         key, offset, nbytes = loc
         data = self.store.fetch_many([(key, offset, None if offset is None else nbytes)])[0]
         if data is None:
+            self._check_present()
             return None
         STATS["chunks"] += 1
         chunk = self._decoded(k, data, self.checksum and (verify or self.verify) != "off")
@@ -347,11 +356,21 @@ class RemoteArray(FastArray):
         return super()._locate(k)
 
     def _check_present(self) -> None:
-        """A missing object reads as fill (the array's zarr.json was read when opened)."""
+        """A missing object is all fill (zarr does not write those), unless the whole array
+        has gone since the index was written: asked once per array, at its first gap."""
+        if not self._present:
+            if self.store.fetch_many([(f"{self.root}/zarr.json", None, None)])[0] is None:
+                raise PGPSInputError(
+                    "array is missing (deleted after the upload?) (upload the store again "
+                    "with pgps-upload into an empty prefix)", path=self.where)
+            self._present = True
 
     def _read_index(self, sk: tuple[int, ...]) -> list[tuple[int, int]] | None:
         raw = self.store.fetch(*self._index_request(sk))  # type: ignore[arg-type]
-        return None if raw is None else self._parse_index(sk, raw)
+        if raw is None:
+            self._check_present()
+            return None
+        return self._parse_index(sk, raw)
 
     def _index_request(self, sk: tuple[int, ...]) -> tuple[str, int | None, int]:
         size = 16 * math.prod(self._per_shard) + (4 if self._index_crc else 0)

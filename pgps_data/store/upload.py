@@ -66,7 +66,16 @@ def upload(source: str | os.PathLike, url: str, *, verify: str = "full",
             raise PGPSInputError(f"{path}: written before stores carried a case index: rerun "
                                  "pgps-convert with the same arguments (it adds it), then upload")
         files = _listed_files(path, store)
-        return _copy(path, url.rstrip("/"), files, store.meta.get("creation_id"), verify, log)
+        try:
+            return _copy(path, url.rstrip("/"), files, store.meta.get("creation_id"), verify,
+                         log)
+        except PGPSInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (full disk, permissions, network: one line)
+            text = " ".join(str(exc).split())[:200]
+            raise PGPSInputError(f"upload failed ({type(exc).__name__}: {text}); the store "
+                                 "does not open there until its root is uploaded: rerun the "
+                                 "same command to continue", path=url) from None
 
 
 def _listed_files(path: Path, store: Any) -> list[str]:
@@ -96,6 +105,8 @@ def _fs(url: str):  # noqa: ANN202
 def _copy(path: Path, url: str, files: list[str], creation_id: str | None, verify: str,
           log: Callable[[str], None]) -> dict[str, Any]:
     fs, base = _fs(url)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        fs.makedirs(base, exist_ok=True)  # local targets need their folders; buckets do not
     t0 = time.perf_counter()
     try:
         there = {p[len(base):].lstrip("/"): int(info.get("size") or 0)
@@ -121,6 +132,8 @@ def _copy(path: Path, url: str, files: list[str], creation_id: str | None, verif
         if there.get(rel) == size:
             skipped += 1
             continue
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            fs.makedirs(f"{base}/{rel}".rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(path / rel), f"{base}/{rel}")
         sent += 1
         nbytes += size
