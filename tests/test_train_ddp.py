@@ -52,9 +52,20 @@ def _one(store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range (32768-60999 here). A port the kernel handed
+    out as ephemeral can be a rank's own source port while it retries the not yet
+    listening master: TCP then connects the rank to itself and it waits forever (seen once
+    in CI-like runs: rank 1 hung past every timeout, rank 0 could not bind)."""
+    import random
+
+    for port in random.SystemRandom().sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _ranks(store: Path, out: Path, world: int = 2, *extra: str) -> list[subprocess.Popen]:
