@@ -39,7 +39,7 @@ from pgps_data.raw.preprocess import (
 )
 from pgps_data.store.chunking import check_codec, layout_attrs
 from pgps_data.store.lock import store_lock
-from pgps_data.store.remote import is_url, local_path
+from pgps_data.store.remote import local_path
 from pgps_data.store.write import (
     RESUME,
     case_is_complete,
@@ -71,11 +71,11 @@ def convert(
     """
     # OUT absolute: dask.distributed workers resolve a relative path against their own
     # working folder, which is not where the client checked and locked the store.
-    if is_url(str(out)) and not str(out).startswith("file://"):
+    if local_path(out) is None:
         raise PGPSInputError(
             f"{out}: stores are written on a local (POSIX) path: convert to one, then "
             "pgps-upload it to the URL")
-    if is_url(str(raw_dir)) and not str(raw_dir).startswith("file://"):
+    if local_path(raw_dir) is None:
         raise PGPSInputError(f"{raw_dir}: the raw dataset must be a local folder")
     raw_dir, out = local_path(raw_dir).resolve(), local_path(out).absolute()  # type: ignore[union-attr]
     check_codec(codec)

@@ -73,6 +73,7 @@ class FastArray:
 
     def __init__(self, root: Path, meta: dict, verify: str | None = None):
         self.root = root
+        self.where = str(root)  # what error lines name (a remote reader: the array's URL)
         self.shape: tuple[int, ...] = meta["shape"]
         self.dtype: np.dtype = meta["dtype"].newbyteorder("=")
         self.fill_value = meta["fill_value"]
@@ -290,7 +291,7 @@ class FastArray:
         return self._scratch
 
     def _bad(self, k: tuple[int, ...], problem: str = "fails its crc32c checksum"):
-        return corrupt_chunk(self.root, k, self.shape, self.chunks, problem)
+        return corrupt_chunk(self.where, k, self.shape, self.chunks, problem)
 
     def _decode(self, data: np.ndarray, check: bool) -> None:
         """Undo the bytes-to-bytes codecs, last one straight into the scratch chunk.
@@ -355,11 +356,17 @@ class FastArray:
             self._check_present()
             return None
         if file_size < size:
-            raise corrupt_chunk(self.root, sk, self.shape, self.shard, "is truncated", "shard")
+            raise corrupt_chunk(self.where, sk, self.shape, self.shard, "is truncated", "shard")
         raw = FILES.view(path, 0 if self._index_start else file_size - size, np.uint8, (size,))
+        return self._parse_index(sk, raw)
+
+    def _parse_index(self, sk: tuple[int, ...], raw: np.ndarray) -> list[tuple[int, int]]:
+        """Shard ``sk``'s index bytes as (offset, nbytes) per inner chunk; a bad crc32c is
+        one line naming the shard."""
+        n = math.prod(self._per_shard)
         if self._index_crc and not crc_matches(raw):
             raise corrupt_chunk(
-                self.root, sk, self.shape, self.shard, "index fails its crc32c checksum", "shard"
+                self.where, sk, self.shape, self.shard, "index fails its crc32c checksum", "shard"
             )
         idx = raw[: 16 * n].view(">u8" if self._index_be else "<u8")
         return [tuple(p) for p in idx.reshape(n, 2).tolist()]

@@ -49,7 +49,6 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
 from pgps_data.errors import PGPSInputError
-from pgps_data.store.chunk_crc import corrupt_chunk, crc_matches
 from pgps_data.store.fastread import STATS, FastArray, _Corrupt
 from pgps_data.store.zarr_meta import parse_meta
 
@@ -190,14 +189,14 @@ def open_remote(url: str) -> zarr.Group:
     except ValueError as exc:  # fsspec: an unknown protocol
         raise PGPSInputError(f"not a store URL ({_reason(exc)})", path=url) from None
     store.url = url
-    if _missing(store, "zarr.json"):
-        raise PGPSInputError("no store there (no zarr.json; made by pgps-convert and "
-                             "uploaded with pgps-upload?)", path=url)
     try:
         return zarr.open_group(store, mode="r")
     except PGPSInputError:
         raise
     except Exception as exc:  # noqa: BLE001  (zarr raises many types for what is not a group)
+        if _missing(store, "zarr.json"):  # asked only now: a store opens in one request
+            raise PGPSInputError("no store there (no zarr.json; made by pgps-convert and "
+                                 "uploaded with pgps-upload?)", path=url) from None
         raise PGPSInputError(f"not a readable zarr v3 store ({type(exc).__name__}: "
                              f"{_reason(exc)})", path=url) from None
 
@@ -263,7 +262,7 @@ class RemoteArray(FastArray):
     def __init__(self, store: RemoteStore, path: str, meta: dict, verify: str | None = None):
         super().__init__(path, meta, verify)  # type: ignore[arg-type]  (root: the array's key)
         self.store = store
-        self.where = f"{store.url}/{path}"
+        self.where = f"{store.url}/{path}"  # what error lines name
         self._present = False  # its zarr.json seen since a missing object made us ask
 
     @classmethod
@@ -305,7 +304,8 @@ class RemoteArray(FastArray):
             for sk, raw in zip(shards, raws):
                 if raw is None:
                     self._check_present()
-                self._indices[sk] = None if raw is None else self._parse_index(sk, raw)
+                self._indices[sk] = (None if raw is None
+                                     else self._parse_index(sk, np.frombuffer(raw, np.uint8)))
         located = [(k, loc) for k in want if (loc := self._locate(k)) is not None]
         datas = self.store.fetch_many([(key, off, None if off is None else n)
                                        for _, (key, off, n) in located])
@@ -370,21 +370,8 @@ class RemoteArray(FastArray):
         if raw is None:
             self._check_present()
             return None
-        return self._parse_index(sk, raw)
+        return self._parse_index(sk, np.frombuffer(raw, np.uint8))
 
     def _index_request(self, sk: tuple[int, ...]) -> tuple[str, int | None, int]:
         size = 16 * math.prod(self._per_shard) + (4 if self._index_crc else 0)
         return f"{self.root}/{self._key(sk)}", 0 if self._index_start else None, size
-
-    def _parse_index(self, sk: tuple[int, ...], raw: bytes) -> list[tuple[int, int]]:
-        n = math.prod(self._per_shard)
-        buf = np.frombuffer(raw, np.uint8)
-        if self._index_crc and not crc_matches(buf):
-            raise corrupt_chunk(self.where, sk, self.shape, self.shard,
-                                "index fails its crc32c checksum", "shard")
-        idx = buf[: 16 * n].view(">u8" if self._index_be else "<u8")
-        return [tuple(p) for p in idx.reshape(n, 2).tolist()]
-
-    def _bad(self, k: tuple[int, ...], problem: str = "fails its crc32c checksum"):
-        return corrupt_chunk(self.where, k, self.shape, self.chunks, problem)
-

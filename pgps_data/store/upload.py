@@ -32,7 +32,7 @@ from typing import Any
 from pgps_data.errors import PGPSInputError
 from pgps_data.store.completeness import CASE_INDEX
 from pgps_data.store.lock import LOCK_NAME, store_lock
-from pgps_data.store.remote import is_url
+from pgps_data.store.remote import is_url, local_path
 from pgps_data.store.store import TEST_GROUP, TRAIN_GROUP, open_store
 
 __all__ = ["MARKER", "upload"]
@@ -45,7 +45,7 @@ def upload(source: str | os.PathLike, url: str, *, verify: str = "full",
     """Upload the complete store ``source`` to ``url`` (module docstring); a summary dict."""
     if verify not in ("full", "sizes"):
         raise ValueError(f"verify must be 'full' or 'sizes', got {verify!r}")
-    if is_url(str(source)) and not str(source).startswith("file://"):
+    if local_path(source) is None:
         raise PGPSInputError(f"{source}: the store to upload must be a local path")
     if not is_url(url):
         raise PGPSInputError(f"{url}: not a URL (s3://bucket/prefix, gs://..., file://...); "
@@ -105,7 +105,8 @@ def _fs(url: str):  # noqa: ANN202
 def _copy(path: Path, url: str, files: list[str], creation_id: str | None, verify: str,
           log: Callable[[str], None]) -> dict[str, Any]:
     fs, base = _fs(url)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if local:
         fs.makedirs(base, exist_ok=True)  # local targets need their folders; buckets do not
     t0 = time.perf_counter()
     try:
@@ -132,7 +133,7 @@ def _copy(path: Path, url: str, files: list[str], creation_id: str | None, verif
         if there.get(rel) == size:
             skipped += 1
             continue
-        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        if local:
             fs.makedirs(f"{base}/{rel}".rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(path / rel), f"{base}/{rel}")
         sent += 1
