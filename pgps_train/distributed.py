@@ -19,8 +19,10 @@ single-process gradient of the same global batch (up to summation order).
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,11 +124,41 @@ def start(ranks: Ranks, device: str) -> None:
 
 
 def stop(ranks: Ranks) -> None:
-    """Leave the process group (after a failure too: it keeps exit from aborting)."""
+    """Leave the process group (after a failure too: it keeps exit from aborting).
+
+    Unreachable DistributedDataParallel wrappers are collected first (they sit in
+    reference cycles), while the group is still registered: see :func:`joined`.
+    """
     import torch  # noqa: PLC0415
 
     if ranks.distributed and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def joined(ranks: Ranks, device: str) -> Iterator[None]:
+    """The process group for the block (no-op for one process), left safely after it.
+
+    Why not just start/stop: a DDP wrapper's reducer holds the process group. If the
+    reducer outlives :func:`stop`, it drops the group's last reference when it is freed,
+    and gloo's destructor then joins its worker threads *holding the GIL*; a worker still
+    finishing a backward-pass all-reduce needs the GIL to free the Python context torch
+    stashed with that work, so both wait forever (torch 2.13; seen in CI as a rank that
+    finished its steps and never exited). So the wrapper must die while the group is
+    registered: the block's frames are cleared when it raises (a traceback would keep
+    them, and the wrapper, alive past stop), and stop collects the wrapper's cycles.
+    Code that builds the wrapper inside the block should keep it in a function that has
+    returned (or ``del`` it) before the block ends.
+    """
+    start(ranks, device)
+    try:
+        yield
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        stop(ranks)
 
 
 def is_peer_trouble(exc: BaseException) -> bool:

@@ -60,11 +60,10 @@ from pgps_train.distributed import (
     device_for,
     from_main,
     globalise,
+    joined,
     ranks_from_env,
     sum_across,
 )
-from pgps_train.distributed import start as dist_start
-from pgps_train.distributed import stop as dist_stop
 from pgps_train.final_patch import resolve_patch
 from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loader_batches
 from pgps_train.losses import objective_for
@@ -145,21 +144,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  #
     # --device cuda without CUDA: one line before any folder is made
     device = device_for(choose_device(cfg.device), ranks)
     out = Path(cfg.out)
-    dist_start(ranks, device)
-    try:
-        with ExitStack() as held:
-            def prepare() -> None:
-                held.enter_context(run_lock(out))
-                check_run_folder(out, resume=resume, overwrite=overwrite)
-                if overwrite and not resume:
-                    clear_run(out)  # the old run's checkpoints must never be resumed by this one
-                out.mkdir(parents=True, exist_ok=True)
+    with joined(ranks, device), ExitStack() as held:  # _train's DDP wrapper dies first
+        def prepare() -> None:
+            held.enter_context(run_lock(out))
+            check_run_folder(out, resume=resume, overwrite=overwrite)
+            if overwrite and not resume:
+                clear_run(out)  # the old run's checkpoints must never be resumed by this one
+            out.mkdir(parents=True, exist_ok=True)
 
-            from_main(ranks, prepare, device=device)  # rank 0 holds the folder
-            stop = held.enter_context(StopSignals())
-            return _train(cfg, out, resume, log, stop, ranks, device)
-    finally:
-        dist_stop(ranks)
+        from_main(ranks, prepare, device=device)  # rank 0 holds the folder
+        stop = held.enter_context(StopSignals())
+        return _train(cfg, out, resume, log, stop, ranks, device)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, log, stop: StopSignals,  # noqa: ANN001, C901, PLR0912, PLR0915
