@@ -105,6 +105,13 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+def _rel_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """||a - b|| / ||b|| over all of a model's tensors."""
+    assert a.keys() == b.keys()
+    diff = sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a)
+    return (diff / sum(float((b[k].double() ** 2).sum()) for k in a)) ** 0.5
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run on 2 ranks (torchrun)."""
@@ -131,6 +138,23 @@ def test_the_gradient_is_the_single_process_gradient_of_the_global_batch(tmp_pat
     assert two["losses"][0] != pytest.approx(two["losses"][-1], rel=1e-3)  # it did train
 
 
+@pytest.mark.parametrize("mode", ["finish", "raise"])
+def test_no_ddp_wrapper_outlives_the_process_group(tiny_store: Path, tmp_path: Path,
+                                                   mode: str) -> None:
+    """A wrapper alive when the group is destroyed frees gloo's group later, with the GIL
+    held, and can deadlock the rank's exit (seen in CI): none may be left, after a finished
+    run (the wrapper's reference cycles) and after a failing one (its traceback's frames)."""
+    port = str(_free_port())
+    ranks = [subprocess.Popen(
+        [sys.executable, "-m", "tests.ddp_exit", str(r), "2", port, str(tiny_store),
+         str(tmp_path / "run"), str(tmp_path / f"alive{r}"), mode, *FLAGS],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)]
+    said = [p.communicate(timeout=180) for p in ranks]
+    assert [p.returncode for p in ranks] == ([0, 0] if mode == "finish" else [3, 3]), said
+    assert [(tmp_path / f"alive{r}").read_text() for r in (0, 1)] == ["0", "0"]
+
+
 def test_two_ranks_train_like_one_process_of_the_global_batch(two_ranks: Path, tiny_store: Path,
                                                               tmp_path: Path) -> None:
     one = tmp_path / "one"
@@ -138,9 +162,13 @@ def test_two_ranks_train_like_one_process_of_the_global_batch(two_ranks: Path, t
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = _losses(two_ranks), _losses(one)
     assert len(a) == len(b) == 20
-    assert a[:2] == pytest.approx(b[:2], rel=1e-5)  # the same crops, the same loss
-    assert a == pytest.approx(b, rel=5e-3)  # float rounding grows over the steps, no more
-    assert _max_diff(_weights(two_ranks), _weights(one)) < 5e-3
+    # The same crops and the same gradient give the same first losses (exact equality of
+    # the gradient is test_the_gradient_is_...'s); after that, all-reduce's summation order
+    # is rounding that momentum 0.99 grows step by step, by how much depends on the CPU's
+    # kernels (AMD EPYC: 6e-6 at step 3, 5e-3 by step 16, weights 1.3 % apart by norm).
+    assert a[:4] == pytest.approx(b[:4], rel=1e-4)
+    assert a == pytest.approx(b, rel=2e-2)
+    assert _rel_distance(_weights(two_ranks), _weights(one)) < 0.05
     s2 = json.loads((two_ranks / "summary.json").read_text())
     s1 = json.loads((one / "summary.json").read_text())
     assert s2["world_size"] == 2 and "world_size" not in s1
@@ -189,8 +217,12 @@ def test_kill9_of_a_rank_is_one_line_and_the_run_resumes_on_one_or_two_processes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(_losses(out)) == 20
     assert _losses(out)[:saved] == _losses(two_ranks)[:saved]
-    assert _losses(out) == pytest.approx(_losses(two_ranks), rel=5e-3)
-    assert _max_diff(_weights(out), _weights(two_ranks)) < 5e-3
+    if resume_on == 2:  # the same world: exactly the uninterrupted run
+        assert _losses(out) == _losses(two_ranks)
+        assert _max_diff(_weights(out), _weights(two_ranks)) == 0.0
+    else:  # one process: the rounding drift of test_two_ranks_train_like_one_process...
+        assert _losses(out) == pytest.approx(_losses(two_ranks), rel=2e-2)
+        assert _rel_distance(_weights(out), _weights(two_ranks)) < 0.05
 
 
 def test_a_hung_rank_ends_the_job_within_the_timeout(tiny_store: Path, tmp_path: Path) -> None:
