@@ -5,7 +5,9 @@ A wrapper alive there frees the gloo group later, outside it, and can deadlock t
 (pgps_train.distributed.joined). ``raise`` makes every rank fail after its second step
 (the traceback path); ``finish`` runs to the end.
 
-Usage: python -m tests.ddp_exit RANK WORLD PORT STORE OUT REPORT raise|finish FLAGS...
+Usage, in torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...):
+``python -m tests.ddp_exit REPORT_DIR raise|finish PGPS_TRAIN_ARGS...``; the count goes to
+REPORT_DIR/alive{RANK}.
 """
 
 from __future__ import annotations
@@ -27,17 +29,14 @@ def _alive() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, ddp))
 
 
-def main(rank: str, world: str, port: str, store: str, out: str, report: str, mode: str,
-         *flags: str) -> int:
-    os.environ.update(RANK=rank, WORLD_SIZE=world, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port)
+def main(report_dir: str, mode: str, *train_args: str) -> int:
     from pgps_train import runlog
     from pgps_train.cli.train import main as train_main
 
     destroy = torch.distributed.destroy_process_group
 
     def recording_destroy(*args: object, **kwargs: object) -> None:
-        Path(report).write_text(str(_alive()))
+        (Path(report_dir) / f"alive{os.environ['RANK']}").write_text(str(_alive()))
         destroy(*args, **kwargs)
 
     torch.distributed.destroy_process_group = recording_destroy
@@ -51,7 +50,7 @@ def main(rank: str, world: str, port: str, store: str, out: str, report: str, mo
 
         runlog.RunLog.step = failing_step
     try:
-        return train_main([store, *flags, "--out", out])
+        return train_main(list(train_args))
     except Planted:
         return 3
 

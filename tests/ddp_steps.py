@@ -62,5 +62,6 @@ def _steps(ranks: Ranks) -> tuple[torch.nn.Module, list[float]]:
         losses.append(float(loss.detach()))
     return net, losses
 
+
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

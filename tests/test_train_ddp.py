@@ -68,11 +68,13 @@ def _free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
-def _ranks(store: Path, out: Path, world: int = 2, *extra: str) -> list[subprocess.Popen]:
-    """``world`` ranks started with torchrun's environment, without its agent."""
+def _ranks(store: Path, out: Path, world: int = 2, *extra: str,
+           module: tuple[str, ...] = ("pgps_train.cli.train",)) -> list[subprocess.Popen]:
+    """``world`` ranks started with torchrun's environment, without its agent, each running
+    ``python -m MODULE... STORE FLAGS --out OUT ...``."""
     port = str(_free_port())
     return [subprocess.Popen(
-        [sys.executable, "-m", "pgps_train.cli.train", str(store), *FLAGS, "--out", str(out),
+        [sys.executable, "-m", *module, str(store), *FLAGS, "--out", str(out),
          "--dist-timeout", TIMEOUT, *extra],
         env=_env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r),
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
@@ -144,12 +146,7 @@ def test_no_ddp_wrapper_outlives_the_process_group(tiny_store: Path, tmp_path: P
     """A wrapper alive when the group is destroyed frees gloo's group later, with the GIL
     held, and can deadlock the rank's exit (seen in CI): none may be left, after a finished
     run (the wrapper's reference cycles) and after a failing one (its traceback's frames)."""
-    port = str(_free_port())
-    ranks = [subprocess.Popen(
-        [sys.executable, "-m", "tests.ddp_exit", str(r), "2", port, str(tiny_store),
-         str(tmp_path / "run"), str(tmp_path / f"alive{r}"), mode, *FLAGS],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for r in (0, 1)]
+    ranks = _ranks(tiny_store, tmp_path / "run", module=("tests.ddp_exit", str(tmp_path), mode))
     said = [p.communicate(timeout=180) for p in ranks]
     assert [p.returncode for p in ranks] == ([0, 0] if mode == "finish" else [3, 3]), said
     assert [(tmp_path / f"alive{r}").read_text() for r in (0, 1)] == ["0", "0"]
