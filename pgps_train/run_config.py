@@ -1,4 +1,5 @@
-"""What a run is, recorded so that ``--resume`` continues that run and no other.
+"""What a run is (:class:`TrainConfig`), recorded so that ``--resume`` continues that run
+and no other.
 
 A run folder holds ``config.json`` (the TrainConfig it was started with) and
 ``store_identity.json`` (the store's creation id and per-case content checksums, also kept
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,51 @@ INFORMATIONAL = frozenset({"preset"})  # its values are in config.json; only a f
 PATHS = frozenset({"splits", "nnunet_plans"})
 
 _FLAGS = {"final_eval": "--no-final-eval", "net_kwargs": "--net/--preset's network widths"}
+
+
+def _default_device() -> str:
+    import torch  # noqa: PLC0415 (the CLI builds a TrainConfig before it needs torch)
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as config.json in the run folder."""
+
+    store: str
+    out: str
+    mode: str = "efficiency"
+    net: str = "unet"
+    rules: str = "journal-2025"
+    patch: list[int] | None = None  # None: planned from the store (see resolve_patch)
+    patch_budget: int = 2**21
+    nnunet_plans: str | None = None
+    epochs: int = 1000  # 0: one epoch per stage of the rule set (the tiny preset)
+    iterations_per_epoch: int = 250
+    batch: int = 2
+    workers: int = 4
+    eval_every: int = 250
+    eval_batches: int = 10
+    save_every: int = 1000
+    device: str = _field(default_factory=_default_device)  # cuda where there is one
+    fold: int | str = 0
+    splits: str | None = None
+    seed: int = 0
+    net_kwargs: dict[str, Any] = _field(default_factory=dict)
+    lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    deterministic: bool = False
+    final_eval: bool = True
+    quiet: bool = False
+    max_seconds: float | None = None  # stop (with a checkpoint) once the loop ran this long
+    allow_incomplete: bool = False  # train on a store whose conversion did not finish
+    preset: str | None = None  # recorded so a resume can check a --preset given again
+    augment: str = "nnunet"  # nnU-Net's default training transforms on the device, or "none"
+    augment_geometry: str = "stage"  # rotation range / dummy 2D / read box per stage or final
+    mirror_axes: list[int] = _field(default_factory=lambda: [0, 1, 2])
 
 
 def flag_name(field: str) -> str:

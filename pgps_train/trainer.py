@@ -28,7 +28,7 @@ import json
 import signal
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from pgps_train.interrupts import Interrupted, StopSignals, WorkerDataError, loa
 from pgps_train.losses import objective_for
 from pgps_train.networks import build_network
 from pgps_train.run_config import (
+    TrainConfig,
     check_agrees,
     check_store,
     recorded_identity,
@@ -82,45 +83,6 @@ from pgps_train.run_dir import check_run_folder, clear_run, run_lock
 from pgps_train.run_records import DeliveredCrops
 from pgps_train.runlog import RunLog
 from pgps_train.validation import validate
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as config.json in the run folder."""
-
-    store: str
-    out: str
-    mode: str = "efficiency"
-    net: str = "unet"
-    rules: str = "journal-2025"
-    patch: list[int] | None = None  # None: planned from the store (see resolve_patch)
-    patch_budget: int = 2**21
-    nnunet_plans: str | None = None
-    epochs: int = 1000  # 0: one epoch per stage of the rule set (the tiny preset)
-    iterations_per_epoch: int = 250
-    batch: int = 2
-    workers: int = 4
-    eval_every: int = 250
-    eval_batches: int = 10
-    save_every: int = 1000
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    fold: int | str = 0
-    splits: str | None = None
-    seed: int = 0
-    net_kwargs: dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-2
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    grad_clip: float = 12.0
-    deterministic: bool = False
-    final_eval: bool = True
-    quiet: bool = False
-    max_seconds: float | None = None  # stop (with a checkpoint) once the loop ran this long
-    allow_incomplete: bool = False  # train on a store whose conversion did not finish
-    preset: str | None = None  # recorded so a resume can check a --preset given again
-    augment: str = "nnunet"  # nnU-Net's default training transforms on the device, or "none"
-    augment_geometry: str = "stage"  # rotation range / dummy 2D / read box per stage or final
-    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,  # noqa: ANN001

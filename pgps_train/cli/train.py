@@ -109,7 +109,7 @@ _SWITCHES = {"deterministic": "deterministic", "quiet": "quiet",
 
 def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig values the command line set explicitly (no defaults, no preset)."""
-    from pgps_train.trainer import TrainConfig
+    from pgps_train.run_config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items()
@@ -129,7 +129,7 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> Any:
     """A TrainConfig for a new run: defaults ← preset ← explicit flags."""
     from pgps_train.networks import tiny_kwargs
-    from pgps_train.trainer import TrainConfig
+    from pgps_train.run_config import TrainConfig
 
     values: dict[str, Any] = {}
     if args.preset in PRESETS:
@@ -142,8 +142,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def resume_config(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
     """A TrainConfig for ``--resume``: the run's config.json ← flags given again (agreeing)."""
-    from pgps_train.run_config import resumed_values
-    from pgps_train.trainer import TrainConfig
+    from pgps_train.run_config import TrainConfig, resumed_values
 
     names = {f.name for f in fields(TrainConfig)}
     if "augment" not in saved:  # a run from before augmentation: it resumes as it started
