@@ -108,6 +108,28 @@ def test_small_crops_come_from_the_chunk_cache_which_is_bounded(local, http_url,
     assert remote.counts()[0] - r1 == r1 - r0 > 0  # shard indexes stay: only the chunks
 
 
+def test_a_read_fetches_the_chunks_it_touches_in_one_round_trip(local, http_url,
+                                                                monkeypatch) -> None:
+    """Latency, not bandwidth, bounds small remote reads: a read's missing chunks (and
+    shard indexes) go out together, not one request after another."""
+    case = open_store(http_url)[open_store(local).case_ids[0]]
+    rounds: list[int] = []
+    fetch_many = remote.RemoteStore.fetch_many
+
+    def counted(self, items):  # noqa: ANN001, ANN202
+        rounds.append(len(items))
+        return fetch_many(self, items)
+
+    monkeypatch.setattr(remote.RemoteStore, "fetch_many", counted)
+    shape = tuple(case.shape)  # 24 x 44 x 42 in chunks of 24 x 32 x 32: 4 per array
+    image, label = case.read((0, 0, 0), shape)
+    # per array: its one shard's index, then its stored chunks together (3 of the image's
+    # 4, 2 of the label's: chunks all fill are not stored); one at a time would be 1s only
+    assert rounds == [1, 3, 1, 2]
+    want = open_store(local)[case.id].read((0, 0, 0), shape)
+    assert np.array_equal(image, want[0]) and np.array_equal(label, want[1])
+
+
 def test_training_logs_requests_and_bytes_per_stage(local, http_url, tmp_path) -> None:
     from pgps_train.networks import tiny_kwargs
     from pgps_train.trainer import TrainConfig, train

@@ -205,11 +205,16 @@ class FastArray:
                 pieces.append((key, src, (b, *dst)))
         if len(origins) > 1:
             pieces.sort(key=_first)  # stable: all pieces of one chunk together, file order
+        self._will_read(pieces)
         current, chunk = None, None
         for key, src, dst in pieces:
             if key != current:
                 current, chunk = key, self._chunk(key)
             out[dst] = self.fill_value if chunk is None else chunk[src]
+
+    def _will_read(self, pieces: list[tuple[tuple, tuple, tuple]]) -> None:
+        """Called with a read's (chunk, source, destination) pieces before any chunk is
+        read; local files need nothing (the remote reader fetches them all at once)."""
 
     def scan(self) -> Iterator[tuple[tuple[int, ...], str | None]]:
         """Read, verify and decode every stored chunk: (grid index, None or its error line).

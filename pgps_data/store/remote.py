@@ -33,7 +33,6 @@ Needs ``pip install 'pgps[remote]'`` (fsspec's aiohttp for HTTP, s3fs for S3; gc
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import os
 import re
@@ -273,23 +272,9 @@ class RemoteArray(FastArray):
         meta = parse_meta(arr.metadata.to_dict())
         return None if meta is None else cls(arr.store, arr.path, meta, verify)
 
-    def _read_boxes(self, origins: np.ndarray, shape: tuple, out: np.ndarray, pad) -> None:  # noqa: ANN001
-        """Fetch every chunk the boxes touch that is not cached, concurrently, then read."""
-        self._prefetch(self._touched(origins, shape))
-        super()._read_boxes(origins, shape, out, pad)
-
-    def _touched(self, origins: np.ndarray, shape: tuple) -> set[tuple[int, ...]]:
-        lead = self.ndim - len(shape)
-        box = (*self.shape[:lead], *shape)
-        keys: set[tuple[int, ...]] = set()
-        for org in origins.tolist():
-            org = [0] * lead + org
-            lo = [max(o, 0) for o in org]
-            hi = [min(o + s, n) for o, s, n in zip(org, box, self.shape)]
-            if all(h > l_ for l_, h in zip(lo, hi)):
-                keys.update(itertools.product(*(range(l_ // c, (h - 1) // c + 1)
-                                                for l_, h, c in zip(lo, hi, self.chunks))))
-        return keys
+    def _will_read(self, pieces: list[tuple[tuple, tuple, tuple]]) -> None:
+        """Fetch every chunk the read touches that is not cached, concurrently."""
+        self._prefetch({key for key, _, _ in pieces})
 
     def _prefetch(self, keys: set[tuple[int, ...]]) -> None:
         """Shard indexes, then chunks, each group in one concurrent batch of requests; only
