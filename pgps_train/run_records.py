@@ -51,11 +51,13 @@ def scatter_counts_into(counts: torch.Tensor, flat: torch.Tensor) -> None:
 
 
 class DeliveredCrops:
-    """Per stage: the input voxels trained on and the histogram of the label values."""
+    """Per stage: the input voxels trained on, the histogram of the label values, and
+    what the reads fetched from a remote store ([range requests, bytes])."""
 
     def __init__(self) -> None:
         self.voxels: dict[int, int] = {}
         self._counts: dict[int, torch.Tensor] = {}
+        self.fetched: dict[int, list[int]] = {}
 
     def add(self, stage: int, image: torch.Tensor, label: torch.Tensor) -> None:
         """One step's (B, C, *patch) image and (B, 1, *patch) label values, as trained on."""
@@ -66,16 +68,26 @@ class DeliveredCrops:
                                                        device=label.device)
         value_counts_into(counts, label)
 
+    def add_fetched(self, stage: int, requests: int, nbytes: int) -> None:
+        """One batch's remote fetches (its ``fetched``: range requests, bytes)."""
+        if requests:
+            got = self.fetched.setdefault(stage, [0, 0])
+            got[0] += int(requests)
+            got[1] += int(nbytes)
+
     def state_dict(self) -> dict[str, dict[int, Any]]:
-        """Voxels and histograms per stage as plain containers, for a checkpoint."""
+        """Voxels, histograms and fetches per stage as plain containers, for a checkpoint."""
         return {"voxels": dict(self.voxels),
-                "counts": {k: c.tolist() for k, c in self._counts.items()}}
+                "counts": {k: c.tolist() for k, c in self._counts.items()},
+                "fetched": {k: list(v) for k, v in self.fetched.items()}}
 
     def load_state_dict(self, state: dict[str, dict], device: torch.device) -> None:
         """Continue the counts of :meth:`state_dict`, histograms on ``device``."""
         self.voxels = {int(k): int(v) for k, v in state["voxels"].items()}
         self._counts = {int(k): torch.tensor(v, dtype=torch.int64, device=device)
                         for k, v in state["counts"].items()}
+        self.fetched = {int(k): [int(n) for n in v]  # absent from older checkpoints
+                        for k, v in state.get("fetched", {}).items()}
 
     def summed(self, stages: int, sum_across: Callable[[torch.Tensor], torch.Tensor],
                device: torch.device | str) -> DeliveredCrops:
@@ -86,12 +98,16 @@ class DeliveredCrops:
         counts = torch.stack([self._counts[k].to(device) if k in self._counts else
                               torch.zeros(BINS, dtype=torch.int64, device=device)
                               for k in range(stages)])
-        total = sum_across(torch.cat([voxels[:, None], counts], dim=1))
+        fetched = torch.tensor([self.fetched.get(k, [0, 0]) for k in range(stages)],
+                               dtype=torch.int64, device=device).reshape(stages, 2)
+        total = sum_across(torch.cat([voxels[:, None], fetched, counts], dim=1))
         out = DeliveredCrops()
         for k, row in enumerate(total):
-            if int(row[0]) or bool(row[1:].any()):
+            if int(row[0]) or bool(row[3:].any()):
                 out.voxels[k] = int(row[0])
-                out._counts[k] = row[1:].clone()
+                out._counts[k] = row[3:].clone()
+            if int(row[1]):
+                out.fetched[k] = [int(row[1]), int(row[2])]
         return out
 
     def fractions(self, stage: int, labels: Labels) -> dict[str, float | None] | None:

@@ -9,8 +9,9 @@ uninterrupted run. The summary's ``stages`` aggregates each stage this process r
 seconds computing and waiting, mean step time, data-wait share and (on CUDA) the peak of
 ``torch.cuda.max_memory_allocated`` during the stage. Device-side augmentation is timed
 apart from compute (``seconds_augment``, per stage and in total). From a remote store a
-stage also says ``remote_requests`` and ``remote_bytes``: what this process's loader
-fetched for it (range requests and bytes; on a data-parallel job rank 0's share).
+stage also says ``remote_requests`` and ``remote_bytes``: what the loaders fetched for it
+(range requests and bytes; on a data-parallel job every rank's, summed with the delivered
+crops; the eval lines print rank 0's so far).
 
 What `pgps-compare` reads (run_records): ``seconds_train``, the loop's wall time less
 validation (and its start-up) and checkpoint writes, i.e. ``seconds_wall −
@@ -150,6 +151,10 @@ class RunLog:
         self._step_seconds = {int(k): torch.as_tensor(v).tolist()
                               for k, v in state["step_seconds"].items()}
         self.crops.load_state_dict(state["crops"], self.device)
+        for k, st in self.stages.items():  # checkpoints that kept fetches with the timings
+            if "remote_requests" in st:
+                self.crops.fetched.setdefault(k, [st.pop("remote_requests"),
+                                                  st.pop("remote_bytes", 0)])
         self.curve = [list(c) for c in state["curve"]]
         self.last_eval = state["last_eval"]
         self.restored = True
@@ -180,10 +185,7 @@ class RunLog:
         batch's reads fetched from a remote store (the batch's ``fetched``)."""
         self._steps[1].writerow([step, stage.index, repr(loss)])
         self._stage_stats(stage, compute, wait, augment)
-        if fetched[0]:
-            st = self.stages[stage.index]
-            st["remote_requests"] = st.get("remote_requests", 0) + int(fetched[0])
-            st["remote_bytes"] = st.get("remote_bytes", 0) + int(fetched[1])
+        self.crops.add_fetched(stage.index, *fetched)
         self.timers.add("augment", augment)
         desc = (f"stage {stage.index + 1}/{len(self.cur.stages)} "
                 f"{'×'.join(map(str, stage.patch))} b={stage.batch}")
@@ -210,10 +212,9 @@ class RunLog:
                 self.tb.add_scalar(f"val/pseudo_dice_{k}", d, step)
             self.tb.add_scalar("train/lr", lr, step)
         if not self.quiet:
-            st = self.stages.get(stage.index, {})
-            fetched = (f"  fetched {st['remote_bytes'] / 2**20:.1f} MiB in "
-                       f"{st['remote_requests']} requests this stage"
-                       if st.get("remote_requests") else "")
+            got = self.crops.fetched.get(stage.index)
+            fetched = (f"  fetched {got[1] / 2**20:.1f} MiB in {got[0]} requests this stage"
+                       if got else "")
             self.progress.console.print(
                 f"step {step + 1:>6}  stage {stage.index}  patch {row['patch']:>11}  "
                 f"b {stage.batch:>3}  loss {loss:.4f}  pseudo-Dice {row['pseudo_dice']}  "
@@ -254,7 +255,9 @@ class RunLog:
         rows = []
         for k, st in sorted(self.stages.items()):
             total = st["seconds_compute"] + st["seconds_wait"] + st["seconds_augment"]
-            records = {"voxels": self.crops.voxels.get(k, 0)}
+            records: dict[str, Any] = {"voxels": self.crops.voxels.get(k, 0)}
+            if k in self.crops.fetched:
+                records["remote_requests"], records["remote_bytes"] = self.crops.fetched[k]
             if self.labels is not None:
                 records["foreground"] = self.crops.fractions(k, self.labels)
             rows.append({"stage": k, **st, **records,

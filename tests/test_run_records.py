@@ -269,3 +269,26 @@ def test_fractions_leave_out_the_ignore_label_and_unite_region_values() -> None:
     only_ignore = DeliveredCrops()
     only_ignore.add(0, torch.zeros(1, 1, 2), torch.full((1, 1, 2), 3, dtype=torch.uint8))
     assert only_ignore.fractions(0, labels) == {"whole": None, "core": None}
+
+
+def test_the_jobs_counts_sum_every_ranks_crops_and_fetches() -> None:
+    """Under DDP the summary's voxels, foreground and remote fetches are the job's: each
+    rank's, summed in one all-reduce (here two ranks, faked by an addition), stages with
+    nothing fetched saying nothing; the checkpoint round-trips them."""
+    image = torch.zeros(2, 1, 4, 4, 4)
+    mine, theirs = DeliveredCrops(), DeliveredCrops()
+    mine.add(0, image, torch.ones(2, 1, 4, 4, 4, dtype=torch.uint8))
+    theirs.add(0, image, torch.full((2, 1, 4, 4, 4), 2, dtype=torch.uint8))
+    mine.add(1, image, torch.ones(2, 1, 4, 4, 4, dtype=torch.uint8))
+    mine.add_fetched(0, 3, 300)
+    theirs.add_fetched(0, 5, 500)
+    theirs.add_fetched(1, 0, 0)  # a batch served from the cache
+    sent: list[torch.Tensor] = []
+    theirs.summed(2, lambda t: sent.append(t) or t, "cpu")  # what the peer all-reduces
+    job = mine.summed(2, lambda t: t + sent[0], "cpu")
+    assert job.voxels == {0: 256, 1: 128}
+    assert job.fetched == {0: [8, 800]}
+    assert job._counts[0][1] == 128 and job._counts[0][2] == 128
+    again = DeliveredCrops()
+    again.load_state_dict(job.state_dict(), torch.device("cpu"))
+    assert again.fetched == job.fetched and again.voxels == job.voxels
