@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
-import pickle
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +97,17 @@ def test_label_map_softmax_takes_the_value_of_the_argmax() -> None:
 # ----------------------------------------------------------------- value semantics
 
 
-def test_json_and_pickle_round_trips() -> None:
-    for labels in (brats(), Labels(PLAIN), Labels({"background": 0, "a": [1], "b": 2})):
+def test_json_and_process_round_trips() -> None:
+    """Through JSON (the store's attributes) and to a worker process and back (conversion
+    and loader workers get Labels pickled by value)."""
+    loose = Labels({"background": 0, "whole": [1, 2], "core": 2})  # scoring only: no order
+    every = (brats(), Labels(PLAIN), Labels({"background": 0, "a": [1], "b": 2}), loose)
+    for labels in every[:3]:
         again = Labels.from_dict(json.loads(json.dumps(labels.to_dict())))
         assert again == labels and hash(again) == hash(labels)
         assert again.declared == labels.declared  # [3] stays a list, 2 stays an int
-        assert pickle.loads(pickle.dumps(labels)) == labels
-    loose = Labels({"background": 0, "whole": [1, 2], "core": 2})  # scoring only: no order
-    assert pickle.loads(pickle.dumps(loose)) == loose
+    with ProcessPoolExecutor(1) as worker:  # copy.copy in the worker: sent there and back
+        assert list(worker.map(copy.copy, every)) == list(every)
     assert brats().to_dict() == {"labels": BRATS, "label_values": [1, 2, 3], "ignore_label": 4,
                                  "regions_class_order": [1, 2, 3]}
 
